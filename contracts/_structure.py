@@ -1,0 +1,253 @@
+"""Check a decoded JSON value against a msgspec type and report *every* mismatch.
+
+msgspec stops at the first error. A producer fixing a command wants them all at once,
+so this walks the value beside ``msgspec.inspect.type_info`` of the target type. It
+uses the constraints the types declare (so they stay the single source) and the
+messages read like msgspec's own. After it passes, ``msgspec.convert`` builds the typed
+value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+
+from contracts.errors import FieldError
+
+# Per Struct class: field names the API documents as read-only on that object. Sending
+# one gets "read-only" instead of "unknown field", which is what a producer needs to hear.
+ReadOnlyFields = Mapping[type, frozenset[str]]
+
+_JSON_NAMES: dict[type[mi.Type], str] = {
+    mi.StrType: "str",
+    mi.IntType: "int",
+    mi.FloatType: "float",
+    mi.BoolType: "bool",
+    mi.NoneType: "null",
+    mi.ListType: "array",
+    mi.DictType: "object",
+    mi.StructType: "object",
+    mi.DateTimeType: "datetime",
+    mi.UUIDType: "uuid",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _describe(t: mi.Type) -> str:
+    if isinstance(t, mi.LiteralType):
+        return " | ".join(repr(v).replace("'", '"') for v in t.values)
+    if isinstance(t, mi.UnionType):
+        return " | ".join(_describe(x) for x in t.types)
+    return _JSON_NAMES.get(type(t), type(t).__name__)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _bounds(value: float, t: mi.IntType | mi.FloatType) -> str | None:
+    if t.ge is not None and value < t.ge:
+        return f"Expected `{_describe(t)}` >= {t.ge}"
+    if t.gt is not None and value <= t.gt:
+        return f"Expected `{_describe(t)}` > {t.gt}"
+    if t.le is not None and value > t.le:
+        return f"Expected `{_describe(t)}` <= {t.le}"
+    if t.lt is not None and value >= t.lt:
+        return f"Expected `{_describe(t)}` < {t.lt}"
+    return None
+
+
+def _length(n: int, lo: int | None, hi: int | None, what: str) -> str | None:
+    if lo is not None and n < lo:
+        return f"Expected `{what}` of length >= {lo}"
+    if hi is not None and n > hi:
+        return f"Expected `{what}` of length <= {hi}"
+    return None
+
+
+class _Enough(Exception):
+    """Raised inside the walk once the error limit is reached."""
+
+
+class StructureChecker:
+    """Collects every way a JSON value differs from a msgspec type."""
+
+    def __init__(self, read_only: ReadOnlyFields, limit: int = 200) -> None:
+        self._read_only = read_only
+        self._limit = limit
+
+    def check(self, value: Any, target: Any, path: str = "$") -> list[FieldError]:
+        """Every mismatch between ``value`` and ``target``, up to the checker's limit."""
+        errors: list[FieldError] = []
+
+        def add(error: FieldError) -> None:
+            errors.append(error)
+            if len(errors) >= self._limit:
+                raise _Enough
+
+        with contextlib.suppress(_Enough):
+            self._walk(value, mi.type_info(target), path, add)
+        return errors
+
+    def _walk(self, v: Any, t: mi.Type, path: str, add: Callable[[FieldError], None]) -> None:
+        def fail(message: str) -> None:
+            add(FieldError(path, message))
+
+        if isinstance(t, mi.AnyType):
+            return
+        if isinstance(t, mi.UnionType):
+            self._walk_union(v, t, path, add)
+            return
+        if isinstance(t, mi.NoneType):
+            if v is not None:
+                fail(f"Expected `null`, got `{_json_type(v)}`")
+            return
+        if isinstance(t, mi.LiteralType):
+            if isinstance(v, bool) or not isinstance(v, str | int) or v not in t.values:
+                got = _quote(v)[:80] if isinstance(v, str | int) else f"`{_json_type(v)}`"
+                fail(f"Expected one of {_describe(t)}, got {got}")
+            return
+        if isinstance(t, mi.StrType):
+            if not isinstance(v, str):
+                fail(f"Expected `str`, got `{_json_type(v)}`")
+                return
+            problem = _length(len(v), t.min_length, t.max_length, "str")
+            if problem is None and t.pattern is not None and not _compiled(t.pattern).search(v):
+                problem = f"Expected `str` matching regex {t.pattern!r}"
+            if problem:
+                fail(problem)
+            return
+        if isinstance(t, mi.BoolType):
+            if not isinstance(v, bool):
+                fail(f"Expected `bool`, got `{_json_type(v)}`")
+            return
+        if isinstance(t, mi.IntType):
+            if isinstance(v, bool) or not isinstance(v, int):
+                fail(f"Expected `int`, got `{_json_type(v)}`")
+                return
+            problem = _bounds(v, t)
+            if problem:
+                fail(problem)
+            return
+        if isinstance(t, mi.FloatType):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                fail(f"Expected `float`, got `{_json_type(v)}`")
+                return
+            problem = _bounds(v, t)
+            if problem:
+                fail(problem)
+            return
+        if isinstance(t, mi.DateTimeType | mi.UUIDType):
+            if not isinstance(v, str):
+                fail(f"Expected `{_describe(t)}`, got `{_json_type(v)}`")
+                return
+            try:
+                if isinstance(t, mi.UUIDType):
+                    uuid.UUID(v)
+                else:
+                    msgspec.convert(v, dt.datetime)
+            except (ValueError, msgspec.ValidationError):
+                fail(f"Invalid RFC3339 encoded {_describe(t)}")
+            return
+        if isinstance(t, mi.ListType):
+            if not isinstance(v, list):
+                fail(f"Expected `array`, got `{_json_type(v)}`")
+                return
+            problem = _length(len(v), t.min_length, t.max_length, "array")
+            if problem:
+                fail(problem)
+            for i, item in enumerate(v):
+                self._walk(item, t.item_type, f"{path}[{i}]", add)
+            return
+        if isinstance(t, mi.DictType):
+            if not isinstance(v, dict):
+                fail(f"Expected `object`, got `{_json_type(v)}`")
+                return
+            problem = _length(len(v), t.min_length, t.max_length, "object")
+            if problem:
+                fail(problem)
+            for key, item in v.items():
+                self._walk(key, t.key_type, f"{path}[{_quote(key)}]", add)
+                self._walk(item, t.value_type, f"{path}[{_quote(key)}]", add)
+            return
+        if isinstance(t, mi.StructType):
+            self._walk_struct(v, t, path, add)
+            return
+        # Only reachable when a contract starts using a type this walker does not know;
+        # the property tests exercise every contract type, so they catch it first.
+        raise TypeError(f"StructureChecker cannot check {type(t).__name__}")
+
+    def _walk_union(
+        self, v: Any, t: mi.UnionType, path: str, add: Callable[[FieldError], None]
+    ) -> None:
+        if v is None and any(isinstance(x, mi.NoneType) for x in t.types):
+            return
+        options = [x for x in t.types if not isinstance(x, mi.NoneType)]
+        if len(options) == 1:
+            self._walk(v, options[0], path, add)
+            return
+        for option in options:
+            found: list[FieldError] = []
+            self._walk(v, option, path, found.append)
+            if not found:
+                return
+        add(FieldError(path, f"Expected `{_describe(t)}`, got `{_json_type(v)}`"))
+
+    def _walk_struct(
+        self, v: Any, t: mi.StructType, path: str, add: Callable[[FieldError], None]
+    ) -> None:
+        if not isinstance(v, dict):
+            add(FieldError(path, f"Expected `object`, got `{_json_type(v)}`"))
+            return
+        fields = {f.encode_name: f for f in t.fields}
+        read_only = self._read_only.get(t.cls, frozenset())
+        for key in v:
+            if key in fields:
+                continue
+            where = _child(path, key)
+            if key in read_only:
+                add(FieldError(where, f"`{key}` is read-only: DigitalOcean sets it; remove it"))
+            else:
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                add(FieldError(where, f"unknown field `{key}`{hint}"))
+        for name, field in fields.items():
+            if name in v:
+                self._walk(v[name], field.type, _child(path, name), add)
+            elif field.required:
+                add(FieldError(_child(path, name), f"required field `{name}` is missing"))
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{_quote(key)}]"
+
+
+def _quote(key: Any) -> str:
+    return msgspec.json.encode(key).decode() if isinstance(key, str) else str(key)

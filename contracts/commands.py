@@ -1,0 +1,88 @@
+"""``ProvisionDatabase``: the one message a producer sends, and its decoder."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+from msgspec import Meta, Struct
+
+from contracts import rules
+from contracts._structure import StructureChecker
+from contracts.digitalocean import DatabaseClusterCreate
+from contracts.errors import FieldError, InvalidCommand
+
+__all__ = [
+    "COMMAND_CONTENT_TYPE",
+    "MAX_COMMAND_BYTES",
+    "ProvisionDatabase",
+    "decode_command",
+    "encode_command",
+]
+
+COMMAND_CONTENT_TYPE: Final = "application/json"
+# A create body is a few KiB; 1 MiB leaves room for many users and rules while keeping
+# a hostile producer from making the service parse megabytes.
+MAX_COMMAND_BYTES: Final = 1024 * 1024
+
+RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=128)]
+MetadataValue = Annotated[str, Meta(max_length=1024)]
+
+
+class ProvisionDatabase(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Create one DigitalOcean database cluster.
+
+    ``request_id`` is the idempotency key: the same id always means the same cluster.
+    ``metadata`` is echoed on every event of the request. ``timeout_s`` bounds how long the
+    service waits for ``online`` before it reports ``failed`` (default: the service's
+    ``PROVISIONER_CREATE_TIMEOUT_S``).
+    """
+
+    request_id: RequestId
+    cluster: DatabaseClusterCreate
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=64)] | None = None
+    timeout_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
+
+
+_checker = StructureChecker(read_only=rules.READ_ONLY_FIELDS)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_command(
+    data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_COMMAND_BYTES
+) -> ProvisionDatabase:
+    """Decode and validate a command; raise ``InvalidCommand`` listing every problem.
+
+    Nothing but ``InvalidCommand`` escapes, whatever the bytes: invalid UTF-8, invalid or
+    deeply nested JSON, wrong types, unknown or read-only fields, broken rules.
+    """
+    size = len(data)
+    if size > max_bytes:
+        raise InvalidCommand(
+            [FieldError("$", f"message is {size} bytes; the limit is {max_bytes}")]
+        )
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidCommand([FieldError("$", f"invalid JSON: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidCommand([FieldError("$", f"invalid UTF-8 at byte {exc.start}")]) from None
+    except RecursionError:
+        raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
+    errors = _checker.check(raw, ProvisionDatabase)
+    if errors:
+        raise InvalidCommand(errors)
+    try:
+        command = msgspec.convert(raw, ProvisionDatabase)
+    except msgspec.ValidationError as exc:  # the checker should have caught it; never crash
+        raise InvalidCommand([FieldError("$", str(exc))]) from None
+    errors = rules.check_command(command)
+    if errors:
+        raise InvalidCommand(errors)
+    return command
+
+
+def encode_command(command: ProvisionDatabase) -> bytes:
+    """The JSON a producer publishes."""
+    return _encoder.encode(command)

@@ -1,0 +1,176 @@
+"""The checks a type cannot express: engine-specific fields and read-only fields.
+
+Each rule comes from the DigitalOcean spec's prose (``databases_create_cluster.yml``,
+``databases_add_user.yml``, ``databases_add.yml``, ``user_settings.yml``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from contracts.digitalocean import DatabaseClusterCreate, DatabaseUserCreate, FirewallRuleCreate
+from contracts.errors import FieldError
+
+if TYPE_CHECKING:
+    from contracts.commands import ProvisionDatabase
+
+__all__ = ["READ_ONLY_FIELDS", "check_cluster", "check_command"]
+
+# Fields the spec marks readOnly on each object we accept. ``users`` and ``db_names`` are
+# read-only on the cluster too, but this service accepts them and applies them once the
+# cluster is online.
+READ_ONLY_FIELDS: Final[Mapping[type, frozenset[str]]] = {
+    DatabaseClusterCreate: frozenset(
+        {
+            "id",
+            "status",
+            "semantic_version",
+            "created_at",
+            "version_end_of_life",
+            "version_end_of_availability",
+            "metrics_endpoints",
+            "connection",
+            "private_connection",
+            "standby_connection",
+            "standby_private_connection",
+            "ui_connection",
+            "schema_registry_connection",
+            "maintenance_window",
+        }
+    ),
+    FirewallRuleCreate: frozenset({"cluster_uuid", "created_at"}),
+    DatabaseUserCreate: frozenset({"password", "role", "access_key", "access_cert"}),
+}
+
+NO_USER_MANAGEMENT: Final = frozenset({"redis", "valkey"})
+NODE_COUNTS: Final[Mapping[str, tuple[int, ...]]] = {
+    "advanced_pg": (1, 2, 3),
+    "advanced_mysql": (1, 3),
+}
+# Which engines each engine-specific user setting belongs to.
+USER_SETTING_ENGINES: Final[Mapping[str, frozenset[str]]] = {
+    "mysql_settings": frozenset({"mysql", "advanced_mysql"}),
+    "settings.pg_allow_replication": frozenset({"pg", "advanced_pg"}),
+    "settings.opensearch_acl": frozenset({"opensearch"}),
+    "settings.acl": frozenset({"kafka"}),
+    "settings.mongo_user_settings": frozenset({"mongodb"}),
+    "readonly": frozenset({"mongodb"}),
+}
+
+
+def check_command(command: ProvisionDatabase) -> list[FieldError]:
+    """Every rule broken by a decoded command."""
+    return check_cluster(command.cluster, "$.cluster")
+
+
+def check_cluster(cluster: DatabaseClusterCreate, path: str = "$") -> list[FieldError]:
+    """Every rule broken by a create body whose types are already valid."""
+    errors: list[FieldError] = []
+    engine = cluster.engine
+    if engine == "redis":
+        errors.append(
+            FieldError(
+                f"{path}.engine",
+                "DigitalOcean no longer creates Caching (`redis`) clusters since "
+                "2025-04-30; use `valkey` instead",
+            )
+        )
+    if cluster.backup_restore is not None and engine in NO_USER_MANAGEMENT:
+        errors.append(
+            FieldError(
+                f"{path}.backup_restore",
+                f"backups are not supported for `{engine}` clusters, so none can be restored",
+            )
+        )
+    allowed = NODE_COUNTS.get(engine)
+    if allowed is not None and cluster.num_nodes not in allowed:
+        counts = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+        errors.append(
+            FieldError(
+                f"{path}.num_nodes",
+                f"`{engine}` clusters take {counts} nodes, not {cluster.num_nodes}",
+            )
+        )
+    errors.extend(_check_users(cluster, path))
+    errors.extend(_check_db_names(cluster, path))
+    return errors
+
+
+def _check_users(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:
+    if not cluster.users:
+        return []
+    engine = cluster.engine
+    if engine in NO_USER_MANAGEMENT:
+        return [
+            FieldError(
+                f"{path}.users",
+                f"user management is not supported for `{engine}` clusters; remove `users`",
+            )
+        ]
+    errors: list[FieldError] = []
+    first: dict[str, int] = {}
+    for i, user in enumerate(cluster.users):
+        where = f"{path}.users[{i}]"
+        j = first.setdefault(user.name, i)
+        if j != i:
+            errors.append(
+                FieldError(f"{where}.name", f"duplicate user name {user.name!r} (as users[{j}])")
+            )
+        for setting in _user_settings_present(user):
+            engines = USER_SETTING_ENGINES[setting]
+            if engine not in engines:
+                names = " and ".join(f"`{e}`" for e in sorted(engines))
+                errors.append(
+                    FieldError(
+                        f"{where}.{setting}",
+                        f"`{setting.rsplit('.', 1)[-1]}` applies only to {names} clusters, "
+                        f"not `{engine}`",
+                    )
+                )
+    return errors
+
+
+def _user_settings_present(user: DatabaseUserCreate) -> list[str]:
+    present = []
+    if user.mysql_settings is not None:
+        present.append("mysql_settings")
+    if user.readonly is not None:
+        present.append("readonly")
+    s = user.settings
+    if s is not None:
+        if s.pg_allow_replication is not None:
+            present.append("settings.pg_allow_replication")
+        if s.opensearch_acl is not None:
+            present.append("settings.opensearch_acl")
+        if s.acl is not None:
+            present.append("settings.acl")
+        if s.mongo_user_settings is not None:
+            present.append("settings.mongo_user_settings")
+    return present
+
+
+def _check_db_names(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:
+    if not cluster.db_names:
+        return []
+    if cluster.engine in NO_USER_MANAGEMENT:
+        return [
+            FieldError(
+                f"{path}.db_names",
+                f"database management is not supported for `{cluster.engine}` clusters; "
+                "remove `db_names`",
+            )
+        ]
+    errors: list[FieldError] = []
+    first: dict[str, int] = {}
+    for i, name in enumerate(cluster.db_names):
+        j = first.setdefault(name, i)
+        if not name.strip():
+            errors.append(FieldError(f"{path}.db_names[{i}]", "database name must not be empty"))
+        elif j != i:
+            errors.append(
+                FieldError(
+                    f"{path}.db_names[{i}]", f"duplicate database name {name!r} (as db_names[{j}])"
+                )
+            )
+    return errors
