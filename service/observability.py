@@ -1,0 +1,316 @@
+"""Logging set-up: structlog for our code and the libraries', with secrets scrubbed from every line.
+
+Every line, whether it comes from ``structlog.get_logger()`` or from a stdlib logger
+(``aio_pika``, ``aiormq``, ``aiohttp``), goes through one chain: context variables
+(``request_id``, ``cluster_id``, ``correlation_id``), ISO timestamp, level, logger name,
+exception text, then :func:`redact_secrets`, then the JSON (or console) renderer. Redaction runs
+after exceptions are formatted, so a password quoted in a traceback is scrubbed too.
+
+Two kinds of redaction:
+
+* by shape, always on: values of sensitive keys (``password``, ``token``, ``authorization``...),
+  the password in ``scheme://user:password@host`` URLs, ``Bearer`` credentials, DigitalOcean
+  tokens (``dop_v1_...``) and PEM private keys, wherever they appear;
+* by value: every exact secret the service has seen (the API token, each generated database
+  password) registered with :func:`register_secret`, scrubbed from any string, keys included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Final, Literal, TextIO
+from urllib.parse import quote
+
+import msgspec
+import structlog
+from structlog.testing import capture_logs
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "REDACTED",
+    "SecretRegistry",
+    "capture_logs",
+    "configure_logging",
+    "redact_secrets",
+    "register_secret",
+    "scrub_text",
+    "secrets",
+]
+
+REDACTED: Final = "***"
+"""What a secret is replaced with."""
+
+LogFormat = Literal["json", "console"]
+
+# Key fragments that mark a value as a secret whatever it holds. Matched against the key
+# lower-cased with "-" read as "_", so `Authorization`, `api-key` and `db_password` all match.
+_SENSITIVE_KEY = re.compile(
+    r"pass(?:word|wd|phrase)|secret|token|authorization|api_?key|access_key|access_cert"
+    r"|private_key|certificate|cookie|credential"
+)
+# Boolean and count-like keys that contain a sensitive word but can never hold a secret.
+_NOT_SECRET_VALUE_TYPES: Final = (bool, int, float, type(None))
+
+# `scheme://user:password@` -> `scheme://user:***@`; the user name is not a secret.
+# The password part is greedy up to the last "@" of the authority: an unencoded "@" in a
+# password must not leave its tail in the line.
+_URL_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^/?#\s]*@")
+_BEARER = re.compile(r"(?P<head>\b(?:[Bb]earer|BEARER)\s+)[A-Za-z0-9._~+/=\-]+")
+# DigitalOcean personal access, OAuth and refresh tokens.
+_DO_TOKEN = re.compile(r"\bdo[opr]_v1_[0-9a-fA-F]{16,}")
+_PRIVATE_KEY_PEM = re.compile(
+    r"-----BEGIN (?P<kind>[A-Z0-9 ]*PRIVATE KEY)-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+
+# Strings nested deeper than this are replaced wholesale: a log event is not a data dump,
+# and a bounded walk cannot be turned into a slow one by a hostile structure.
+_MAX_DEPTH: Final = 8
+
+
+class SecretRegistry:
+    """Exact secret values to scrub from every log line.
+
+    Values shorter than :attr:`min_length` are ignored: scrubbing "ab" would mangle every line
+    and such a value is no credential. The registry is bounded (``capacity``; the value
+    registered longest ago goes first) because a long-running service sees a password for every
+    user of every cluster, and a secret is most likely to be logged near the time it was seen.
+
+    A scan costs one set lookup per character of the text whatever the number of secrets: values
+    are indexed by their first :attr:`min_length` characters, and only the values whose prefix
+    occurs in the text are searched for. Registering is O(1), nothing is recompiled.
+    """
+
+    min_length: Final = 4
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._capacity = capacity
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._by_prefix: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        # Never the values themselves.
+        return f"SecretRegistry(size={len(self._values)}, capacity={self._capacity})"
+
+    def register(self, value: str) -> None:
+        """Scrub ``value`` (and its URL-encoded form) from every line logged from now on."""
+        if not isinstance(value, str) or len(value) < self.min_length:
+            return
+        with self._lock:
+            for form in {value, quote(value, safe="")}:
+                if form in self._values:
+                    self._values.move_to_end(form)
+                    continue
+                self._values[form] = None
+                self._by_prefix.setdefault(form[: self.min_length], set()).add(form)
+            while len(self._values) > self._capacity:
+                old, _ = self._values.popitem(last=False)
+                same_prefix = self._by_prefix[old[: self.min_length]]
+                same_prefix.discard(old)
+                if not same_prefix:
+                    del self._by_prefix[old[: self.min_length]]
+
+    def clear(self) -> None:
+        """Forget every registered value (for tests)."""
+        with self._lock:
+            self._values.clear()
+            self._by_prefix.clear()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every registered value replaced by :data:`REDACTED`."""
+        width = self.min_length
+        if not self._by_prefix or len(text) < width:
+            return text
+        grams = {text[i : i + width] for i in range(len(text) - width + 1)}
+        with self._lock:
+            by_prefix = self._by_prefix
+            candidates = [value for gram in grams if gram in by_prefix for value in by_prefix[gram]]
+        if not candidates:
+            return text
+        # Longest first, so a value that contains another is removed whole.
+        for value in sorted(candidates, key=len, reverse=True):
+            text = text.replace(value, REDACTED)
+        return text
+
+
+secrets: Final = SecretRegistry()
+"""The process-wide registry that :func:`redact_secrets` consults."""
+
+
+def register_secret(value: str) -> None:
+    """Scrub ``value`` from every log line from now on (API token, generated passwords)."""
+    secrets.register(value)
+
+
+def scrub_text(text: str, registry: SecretRegistry | None = None) -> str:
+    """``text`` with secrets removed: registered values and secret-shaped substrings."""
+    text = (registry or secrets).scrub(text)
+    # Cheap substring checks first: most log strings hold none of these markers.
+    if "://" in text:
+        text = _URL_USERINFO.sub(rf"\g<head>:{REDACTED}@", text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(rf"\g<head>{REDACTED}", text)
+    if "_v1_" in text:
+        text = _DO_TOKEN.sub(REDACTED, text)
+    if "PRIVATE KEY-----" in text:
+        text = _PRIVATE_KEY_PEM.sub(rf"-----BEGIN \g<kind>-----{REDACTED}", text)
+    return text
+
+
+def _is_sensitive_key(key: object) -> bool:
+    return isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
+
+
+def _redact_value(value: Any, registry: SecretRegistry, depth: int) -> Any:
+    """``value`` with secrets removed; containers are copied only where something changed."""
+    if isinstance(value, str):
+        return scrub_text(value, registry)
+    if isinstance(value, _NOT_SECRET_VALUE_TYPES):
+        return value
+    if depth >= _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, Mapping):
+        return _redact_mapping(value, registry, depth + 1)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_redact_value(item, registry, depth + 1) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list | set | frozenset) else tuple(items)
+    if isinstance(value, msgspec.Struct):
+        # A Struct's repr shows every field, passwords included: log its fields instead.
+        return _redact_mapping(msgspec.structs.asdict(value), registry, depth + 1)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _redact_mapping(fields, registry, depth + 1)
+    if isinstance(value, bytes | bytearray):
+        return scrub_text(value.decode("utf-8", "replace"), registry)
+    # Anything else is rendered through its repr (JSON and console renderers both fall back to
+    # it), so scrub that and keep the object only when the repr held nothing secret.
+    text = repr(value)
+    scrubbed = scrub_text(text, registry)
+    return value if scrubbed == text else scrubbed
+
+
+# Keys that the chain itself fills with values that cannot hold a secret: not worth a scan.
+_CHAIN_KEYS: Final = frozenset({"timestamp", "level", "logger"})
+
+
+def _redact_mapping(mapping: Mapping[Any, Any], registry: SecretRegistry, depth: int) -> Any:
+    changed = False
+    out: dict[Any, Any] = {}
+    for key, value in mapping.items():
+        if depth == 0 and key in _CHAIN_KEYS:
+            out[key] = value
+            continue
+        new_key = scrub_text(key, registry) if isinstance(key, str) else key
+        if _is_sensitive_key(key) and not isinstance(value, _NOT_SECRET_VALUE_TYPES):
+            new_value: Any = REDACTED
+        else:
+            new_value = _redact_value(value, registry, depth)
+        changed = changed or new_key is not key or new_value is not value
+        out[new_key] = new_value
+    return out if changed or not isinstance(mapping, dict) else mapping
+
+
+def redact_secrets(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: every secret in the event (keys, nested values, exception text) -> ***.
+
+    Place it after exception formatting (``format_exc_info``) and before the renderer.
+    """
+    redacted = _redact_mapping(event_dict, secrets, 0)
+    return redacted if isinstance(redacted, dict) else dict(redacted)
+
+
+# The handler this module installed on the root logger, so a second call replaces it.
+_HANDLER_MARK: Final = "_provisioner_handler"
+
+
+def _shared_processors() -> list[Processor]:
+    """What every line gets, whether structlog or a stdlib logger emitted it."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real file
+        return False
+
+
+def configure_logging(
+    fmt: LogFormat = "json",
+    level: str = "INFO",
+    *,
+    stream: TextIO | None = None,
+) -> None:
+    """Route structlog and stdlib logging through one redacting chain to ``stream``.
+
+    ``fmt`` picks one JSON object per line (``json``, the default, for machines) or
+    human-readable lines (``console``). ``stream`` defaults to the current ``sys.stderr``, so
+    that commands which print results on stdout stay parseable. Safe to call again: the handler
+    from an earlier call is replaced, never added twice.
+    """
+    if fmt not in ("json", "console"):
+        raise ValueError(f"log format must be 'json' or 'console', not {fmt!r}")
+    numeric_level = logging.getLevelName(level.upper())
+    if not isinstance(numeric_level, int):
+        raise ValueError(f"unknown log level {level!r}")
+    out = stream if stream is not None else sys.stderr
+
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=_is_terminal(out))
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            # Exceptions become text before redaction, so the traceback is scrubbed too.
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: a later configure_logging (or capture_logs in a test) must reach
+        # loggers that modules created at import time.
+        cache_logger_on_first_use=False,
+    )
