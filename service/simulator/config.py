@@ -1,0 +1,65 @@
+"""The simulator's knobs: timing, rate limits and fault injection, all changeable at runtime."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["SimulatorConfig"]
+
+
+class SimulatorConfig(msgspec.Struct, kw_only=True):
+    """How the simulated DigitalOcean API behaves.
+
+    The simulator reads these fields on every request, so a test may change them between
+    calls (``simulator.config.fail_500_fraction = 1.0``) without restarting anything.
+    Fractions are probabilities in [0, 1], drawn from one ``random.Random(seed)``.
+    """
+
+    token: str = "sim-token"  # noqa: S105 (a throwaway default for a local fake API)
+    """The only bearer token the API accepts."""
+
+    ready_after_s: float = 2.0
+    """Seconds a new cluster stays ``creating`` before it turns ``online``."""
+
+    ready_jitter_s: float = 0.0
+    """Uniform extra delay in [0, ready_jitter_s] added to each cluster's ``ready_after_s``."""
+
+    stuck_fraction: float = 0.0
+    """Fraction of new clusters that stay ``creating`` for ever (the API has no failed state)."""
+
+    not_found_grace_s: float = 0.0
+    """A new cluster answers 404 (and is missing from the list) for this long, as the real
+    API sometimes does right after a create."""
+
+    rate_limit_per_minute: int = 250
+    """Requests per token accepted in any ``minute_window_s`` (the burst limit)."""
+
+    rate_limit_per_hour: int = 5000
+    """Requests per token accepted in any ``hour_window_s``; sent as ``ratelimit-limit``."""
+
+    minute_window_s: float = 60.0
+    """Length of the burst window; shorten it to compress time in tests and benchmarks."""
+
+    hour_window_s: float = 3600.0
+    """Length of the hourly window."""
+
+    fail_500_fraction: float = 0.0
+    """Fraction of accepted API requests answered 500 ``server_error`` (nothing changes)."""
+
+    fail_429_fraction: float = 0.0
+    """Fraction of accepted API requests answered 429 with ``retry-after: 1`` (nothing changes)."""
+
+    latency_s: float = 0.0
+    """Delay added before every API request is handled."""
+
+    drop_fraction: float = 0.0
+    """Fraction of accepted API requests whose connection is closed without an answer."""
+
+    drop_after_effect_fraction: float = 1.0
+    """Of the dropped requests, the fraction that took effect before the connection dropped.
+    1.0 (the default) means a dropped create did create its cluster: the ambiguous case a
+    client must resolve by looking the cluster up; 0.0 means nothing happened."""
+
+    seed: int | None = None
+    """Seed of the random source behind every fraction, jitter and generated identifier
+    that is not a secret (passwords and keys always come from ``secrets``)."""
