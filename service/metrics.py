@@ -21,6 +21,7 @@ from typing import Final, Literal, TypeVar, get_args
 
 __all__ = [
     "API_CALL_BUCKETS",
+    "CONTENT_TYPE",
     "DEFAULT_BUCKETS",
     "EVENT_PUBLISH_BUCKETS",
     "OVERFLOW_LABEL",

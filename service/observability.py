@@ -40,7 +40,7 @@ __all__ = [
     "redact_secrets",
     "register_secret",
     "scrub_text",
-    "secrets",
+    "secret_registry",
 ]
 
 REDACTED: Final = "***"
@@ -145,18 +145,18 @@ class SecretRegistry:
         return text
 
 
-secrets: Final = SecretRegistry()
+secret_registry: Final = SecretRegistry()
 """The process-wide registry that :func:`redact_secrets` consults."""
 
 
 def register_secret(value: str) -> None:
     """Scrub ``value`` from every log line from now on (API token, generated passwords)."""
-    secrets.register(value)
+    secret_registry.register(value)
 
 
 def scrub_text(text: str, registry: SecretRegistry | None = None) -> str:
     """``text`` with secrets removed: registered values and secret-shaped substrings."""
-    text = (registry or secrets).scrub(text)
+    text = (registry or secret_registry).scrub(text)
     # Cheap substring checks first: most log strings hold none of these markers.
     if "://" in text:
         text = _URL_USERINFO.sub(rf"\g<head>:{REDACTED}@", text)
@@ -229,7 +229,7 @@ def redact_secrets(_logger: WrappedLogger, _method_name: str, event_dict: EventD
 
     Place it after exception formatting (``format_exc_info``) and before the renderer.
     """
-    redacted = _redact_mapping(event_dict, secrets, 0)
+    redacted = _redact_mapping(event_dict, secret_registry, 0)
     return redacted if isinstance(redacted, dict) else dict(redacted)
 
 
