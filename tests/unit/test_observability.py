@@ -123,7 +123,7 @@ def test_boolean_and_number_under_sensitive_key_are_kept() -> None:
 
 def test_event_without_secrets_is_returned_as_is() -> None:
     event = {"event": "cluster_online", "cluster_id": "9cc10173", "nodes": [1, 2], "ok": True}
-    assert redact(event) is event
+    assert redact_secrets(None, "info", event) is event
 
 
 # --- redaction by shape -------------------------------------------------------------------
