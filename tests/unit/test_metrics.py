@@ -1,0 +1,302 @@
+"""Metrics: the text a Prometheus server scrapes parses, and the numbers in it are right.
+
+A small parser of the text exposition format 0.0.4 lives here, so the tests check what a
+scraper would read rather than the registry's internals.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from service.metrics import (
+    OVERFLOW_LABEL,
+    Counter,
+    Gauge,
+    Histogram,
+    ProvisionerMetrics,
+    Registry,
+)
+
+# --- a parser of the text format ----------------------------------------------------------
+
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE = re.compile(rf"^(?P<name>{_METRIC_NAME})(?:\{{(?P<labels>.*)\}})? (?P<value>\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
+_HELP = re.compile(rf"^# HELP (?P<name>{_METRIC_NAME}) (?P<text>.*)$")
+_TYPE = re.compile(rf"^# TYPE (?P<name>{_METRIC_NAME}) (?P<kind>counter|gauge|histogram)$")
+
+
+@dataclass
+class Family:
+    name: str
+    kind: str
+    help: str
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+    def value(self, sample_name: str, **labels: str) -> float:
+        matches = [v for n, ls, v in self.samples if n == sample_name and ls == labels]
+        assert len(matches) == 1, f"{sample_name}{labels}: {len(matches)} samples"
+        return matches[0]
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    position = 0
+    while position < len(text):
+        match = _LABEL.match(text, position)
+        assert match, f"bad label block at {text[position:]!r}"
+        assert match.group(1) not in labels, f"label {match.group(1)} twice"
+        labels[match.group(1)] = _unescape(match.group(2))
+        position = match.end()
+    return labels
+
+
+def parse(text: str) -> dict[str, Family]:
+    """Families by name; fails on any line that is not valid text format 0.0.4."""
+    assert text.endswith("\n")
+    families: dict[str, Family] = {}
+    current: Family | None = None
+    pending_help: tuple[str, str] | None = None
+    for line in text.splitlines():
+        if help_match := _HELP.match(line):
+            pending_help = (help_match["name"], help_match["text"])
+            continue
+        if type_match := _TYPE.match(line):
+            name = type_match["name"]
+            assert pending_help is not None and pending_help[0] == name, f"no HELP for {name}"
+            assert name not in families, f"{name} declared twice"
+            current = families[name] = Family(name, type_match["kind"], pending_help[1])
+            continue
+        sample = _SAMPLE.match(line)
+        assert sample, f"not a sample line: {line!r}"
+        assert current is not None, f"sample before any TYPE: {line!r}"
+        allowed = (
+            {f"{current.name}_bucket", f"{current.name}_sum", f"{current.name}_count"}
+            if current.kind == "histogram"
+            else {current.name}
+        )
+        assert sample["name"] in allowed, f"{sample['name']} under TYPE {current.name}"
+        value = sample["value"]
+        number = {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}.get(value)
+        current.samples.append(
+            (
+                sample["name"],
+                _parse_labels(sample["labels"] or ""),
+                float(value) if number is None else number,
+            )
+        )
+    return families
+
+
+def test_the_parser_rejects_malformed_lines() -> None:
+    # The parser is the judge of every test below, so it must be able to say no.
+    for bad in (
+        "x 1\n",  # a sample without TYPE
+        '# HELP x h\n# TYPE x counter\nx{a="1} 1\n',  # unterminated label value
+        "# HELP x h\n# TYPE x counter\ny 1\n",  # a sample of another family
+        "# TYPE x counter\nx 1\n",  # TYPE without HELP
+    ):
+        with pytest.raises(AssertionError):
+            parse(bad)
+
+
+# --- the kinds ----------------------------------------------------------------------------
+
+
+def test_counter_is_exposed_with_total_suffix_and_only_goes_up() -> None:
+    registry = Registry()
+    counter = registry.register(Counter("jobs", "Jobs done.", ["outcome"]))
+    counter.inc(outcome="ok")
+    counter.inc(2, outcome="ok")
+    counter.inc(outcome="bad")
+    family = parse(registry.render())["jobs_total"]
+    assert family.kind == "counter"
+    assert family.help == "Jobs done."
+    assert family.value("jobs_total", outcome="ok") == 3
+    assert family.value("jobs_total", outcome="bad") == 1
+    with pytest.raises(ValueError, match="cannot go down"):
+        counter.inc(-1, outcome="ok")
+    with pytest.raises(ValueError, match="without '_total'"):
+        Counter("jobs_total", "x")
+
+
+def test_gauge_sets_and_moves_both_ways() -> None:
+    registry = Registry()
+    gauge = registry.register(Gauge("in_flight", "Now."))
+    gauge.inc(5)
+    gauge.dec(2)
+    assert parse(registry.render())["in_flight"].value("in_flight") == 3
+    gauge.set(-1.5)
+    assert parse(registry.render())["in_flight"].value("in_flight") == -1.5
+
+
+def test_histogram_buckets_are_cumulative_and_end_with_inf_equal_to_count() -> None:
+    registry = Registry()
+    histogram = registry.register(
+        Histogram("latency_seconds", "Latency.", ["op"], buckets=[0.1, 1.0, 0.5])
+    )
+    for value in (0.05, 0.1, 0.3, 0.7, 2.0, 9.0):
+        histogram.observe(value, op="get")
+    family = parse(registry.render())["latency_seconds"]
+    assert family.kind == "histogram"
+    buckets = [(ls["le"], v) for n, ls, v in family.samples if n == "latency_seconds_bucket"]
+    # Sorted bounds, "less than or equal" (0.1 lands in le=0.1), +Inf last.
+    assert buckets == [("0.1", 2), ("0.5", 3), ("1.0", 4), ("+Inf", 6)]
+    assert family.value("latency_seconds_count", op="get") == 6
+    assert family.value("latency_seconds_sum", op="get") == pytest.approx(12.15)
+    assert histogram.count(op="get") == 6
+
+
+def test_histogram_without_observations_renders_zero_buckets() -> None:
+    registry = Registry()
+    registry.register(Histogram("idle_seconds", "Idle.", buckets=[1.0]))
+    family = parse(registry.render())["idle_seconds"]
+    assert family.value("idle_seconds_bucket", le="1.0") == 0
+    assert family.value("idle_seconds_bucket", le="+Inf") == 0
+    assert family.value("idle_seconds_count") == 0
+
+
+def test_label_values_and_help_are_escaped_and_read_back_exactly() -> None:
+    registry = Registry()
+    counter = registry.register(Counter("odd", 'Help with \\ and\nnewline "quoted".', ["v"]))
+    tricky = 'a "quote", a \\ backslash,\na newline and } brace'
+    counter.inc(v=tricky)
+    text = registry.render()
+    assert '# HELP odd_total Help with \\\\ and\\nnewline "quoted".\n' in text
+    assert parse(text)["odd_total"].value("odd_total", v=tricky) == 1
+
+
+def test_wrong_label_names_are_refused() -> None:
+    counter = Counter("c", "C.", ["a"])
+    with pytest.raises(ValueError, match="takes labels"):
+        counter.inc(b="x")
+    with pytest.raises(ValueError, match="takes labels"):
+        counter.inc()
+    with pytest.raises(ValueError, match="invalid Prometheus metric name"):
+        Gauge("bad-name", "x")
+    with pytest.raises(ValueError, match="invalid Prometheus label name"):
+        Gauge("g", "x", ["bad-label"])
+    with pytest.raises(ValueError, match="bucket label"):
+        Histogram("h", "x", ["le"])
+
+
+def test_series_past_the_limit_fold_into_one_overflow_series() -> None:
+    registry = Registry()
+    counter = registry.register(Counter("calls", "Calls.", ["op"], max_series=2))
+    for op in ("a", "b", "c", "d"):
+        counter.inc(op=op)
+    counter.inc(op="a")
+    family = parse(registry.render())["calls_total"]
+    assert len(family.samples) == 3
+    assert family.value("calls_total", op="a") == 2
+    assert family.value("calls_total", op=OVERFLOW_LABEL) == 2
+
+
+def test_registry_refuses_two_metrics_with_one_name() -> None:
+    registry = Registry()
+    registry.register(Gauge("g", "G."))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Counter("g", "Again."))
+
+
+def test_special_values_are_written_as_prometheus_spells_them() -> None:
+    registry = Registry()
+    gauge = registry.register(Gauge("g", "G.", ["k"]))
+    gauge.set(math.inf, k="up")
+    gauge.set(-math.inf, k="down")
+    gauge.set(math.nan, k="nan")
+    text = registry.render()
+    assert 'g{k="up"} +Inf\n' in text
+    assert 'g{k="down"} -Inf\n' in text
+    assert 'g{k="nan"} NaN\n' in text
+
+
+# --- the service's metrics ------------------------------------------------------------------
+
+
+def test_provisioner_metrics_expose_every_named_family_with_prefix() -> None:
+    families = parse(ProvisionerMetrics().render())
+    assert {name: family.kind for name, family in families.items()} == {
+        "provisioner_commands_total": "counter",
+        "provisioner_api_calls_total": "counter",
+        "provisioner_api_call_seconds": "histogram",
+        "provisioner_ratelimit_remaining": "gauge",
+        "provisioner_ratelimit_sent_last_minute": "gauge",
+        "provisioner_watches_in_flight": "gauge",
+        "provisioner_clusters_time_to_online_seconds": "histogram",
+        "provisioner_event_publish_seconds": "histogram",
+        "provisioner_events_published_total": "counter",
+    }
+    # Every outcome is there from the start, so rate() works before the first failure.
+    commands = families["provisioner_commands_total"]
+    assert sorted(ls["outcome"] for _, ls, _ in commands.samples) == [
+        "accepted",
+        "adopted",
+        "failed",
+        "rejected",
+        "requeued",
+        "retried",
+    ]
+    assert all(v == 0 for _, _, v in commands.samples)
+
+
+def test_provisioner_metrics_count_what_the_service_reports() -> None:
+    metrics = ProvisionerMetrics()
+    # The client's CallObserver type: the method must fit it as is.
+    observer: Callable[[str, str, float], None] = metrics.observe_api_call
+    observer("create_cluster", "201", 0.2)
+    observer("create_cluster", "429", 0.01)
+    observer("list_clusters", "200", 0.04)
+    metrics.count_command("accepted")
+    metrics.count_command("accepted")
+    metrics.count_command("rejected")
+    metrics.set_ratelimit(4990, 10)
+    metrics.set_ratelimit(None, 11)
+    metrics.watches_in_flight.inc()
+    metrics.observe_time_to_online(75.0)
+    metrics.observe_event_published("database.cluster.status_changed", 0.003)
+    metrics.observe_event_published("database.cluster.status_changed", 0.004)
+
+    f = parse(metrics.render())
+    commands = f["provisioner_commands_total"]
+    assert commands.value("provisioner_commands_total", outcome="accepted") == 2
+    assert commands.value("provisioner_commands_total", outcome="rejected") == 1
+    calls = f["provisioner_api_calls_total"]
+    assert calls.value("provisioner_api_calls_total", operation="create_cluster", status="429") == 1
+    seconds = f["provisioner_api_call_seconds"]
+    assert seconds.value("provisioner_api_call_seconds_count", operation="create_cluster") == 2
+    assert (
+        seconds.value("provisioner_api_call_seconds_bucket", operation="create_cluster", le="0.025")
+        == 1
+    )
+    remaining = f["provisioner_ratelimit_remaining"]
+    assert remaining.value("provisioner_ratelimit_remaining") == 4990  # None leaves it alone
+    sent = f["provisioner_ratelimit_sent_last_minute"]
+    assert sent.value("provisioner_ratelimit_sent_last_minute") == 11
+    watches = f["provisioner_watches_in_flight"]
+    assert watches.value("provisioner_watches_in_flight") == 1
+    online = f["provisioner_clusters_time_to_online_seconds"]
+    assert online.value("provisioner_clusters_time_to_online_seconds_bucket", le="60.0") == 0
+    assert online.value("provisioner_clusters_time_to_online_seconds_bucket", le="120.0") == 1
+    events = f["provisioner_events_published_total"]
+    assert (
+        events.value("provisioner_events_published_total", type="database.cluster.status_changed")
+        == 2
+    )
+    publish = f["provisioner_event_publish_seconds"]
+    assert publish.value("provisioner_event_publish_seconds_count") == 2
+
+
+def test_unknown_command_outcome_is_refused_rather_than_a_new_series() -> None:
+    metrics = ProvisionerMetrics()
+    with pytest.raises(ValueError, match="unknown command outcome"):
+        metrics.count_command("exploded")  # type: ignore[arg-type]
