@@ -1,0 +1,309 @@
+"""Wiring and lifecycle: start, serve, drain, stop. ``provisioner run`` lands here.
+
+Start: connect to RabbitMQ (waiting with backoff while it is unreachable, never a crash
+loop), declare the topology, start the health server, consume commands and watches.
+Stop (SIGTERM/SIGINT): stop consuming, let in-flight work finish for
+``PROVISIONER_SHUTDOWN_GRACE_S``, return the rest to its queue, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from service.broker.consumer import CommandConsumer, WatchConsumer
+from service.broker.publisher import RabbitPublisher
+from service.broker.topology import Topology, declare
+from service.config import ConfigError, Settings, load_settings
+from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
+from service.http import HealthServer
+from service.metrics import ProvisionerMetrics
+from service.observability import configure_logging, register_secret
+from service.provisioning.commands import CommandHandler, CommandOutcome
+from service.provisioning.events import EventFactory
+from service.provisioning.options import OfferCheck
+from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
+
+__all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
+
+log = structlog.get_logger(__name__)
+
+TOKEN_PROBE_INTERVAL_S: Final = 30.0
+CONNECT_BACKOFF_MAX_S: Final = 30.0
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def topology_for(settings: Settings) -> Topology:
+    """The topology with this deployment's poll interval and retry delays."""
+    return Topology(watch_delay_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s)
+
+
+async def connect(url: str, *, attempts: int | None = None) -> AbstractRobustConnection:
+    """A robust connection, waiting with capped exponential backoff while the broker is
+    unreachable (``attempts`` bounds the wait; None waits for ever)."""
+    delay = 0.5
+    tried = 0
+    while True:
+        tried += 1
+        try:
+            return await aio_pika.connect_robust(url, timeout=10, reconnect_interval=2)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            if attempts is not None and tried >= attempts:
+                raise
+            log.warning(
+                "broker_unreachable", url=redact_url(url), retry_in_s=delay, error=repr(exc)
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_BACKOFF_MAX_S)
+
+
+class Service:
+    """One replica: a consumer set for commands and one for watches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topology: Topology | None = None,
+        metrics: ProvisionerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology or topology_for(settings)
+        self.metrics = metrics or ProvisionerMetrics()
+        self.limiter = RateLimiter(
+            per_minute=settings.rate_limit_per_minute,
+            per_hour=settings.rate_limit_per_hour,
+            minute_window_s=settings.rate_limit_minute_window_s,
+            hour_window_s=settings.rate_limit_hour_window_s,
+        )
+        self.client = DigitalOceanClient(
+            settings.api_url,
+            settings.token,
+            limiter=self.limiter,
+            observer=self._observe_api_call,
+        )
+        self.token_accepted = True
+        self.http_port: int | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._channels: list[AbstractChannel] = []  # strong refs: robust channels
+        self._commands: CommandConsumer | None = None
+        self._watches: WatchConsumer | None = None
+        self._health: HealthServer | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, *, connect_attempts: int | None = None) -> None:
+        """Connect, declare, and begin consuming."""
+        s = self.settings
+        register_secret(s.token)
+        amqp_password = urlsplit(s.amqp_url).password
+        if amqp_password:
+            register_secret(amqp_password)
+        self._health = HealthServer(s.http_host, s.http_port, self.metrics.registry, self.readiness)
+        self.http_port = await self._health.start()
+        self._connection = await connect(s.amqp_url, attempts=connect_attempts)
+        setup = await self._connection.channel()
+        await declare(setup, self.topology)
+        await setup.close()
+        publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        command_channel = await self._connection.channel()
+        watch_channel = await self._connection.channel()
+        self._channels = [publish_channel, command_channel, watch_channel]
+        publisher = RabbitPublisher(
+            publish_channel,
+            self.topology,
+            timeout_s=s.publish_timeout_s,
+            observer=self.metrics.observe_event_published,
+        )
+        factory = EventFactory(s.event_source, s.event_secrets)
+        commands = CommandHandler(
+            api=self.client,
+            events=publisher,
+            work=publisher,
+            factory=factory,
+            offer=OfferCheck(self.client, s.options_ttl_s),
+            managed_tag=s.managed_tag,
+            create_timeout_s=s.create_timeout_s,
+            max_attempts=s.max_command_attempts,
+            max_message_bytes=s.max_message_bytes,
+            on_unauthorized=self._on_unauthorized,
+        )
+        snapshot = (
+            ClusterSnapshot(self.client, s.managed_tag, max_age_s=min(1.0, s.poll_interval_s / 4))
+            if s.poll_mode == "list"
+            else None
+        )
+        watches = WatchHandler(
+            api=self.client,
+            events=publisher,
+            work=publisher,
+            factory=factory,
+            snapshot=snapshot,
+            not_found_grace_s=s.not_found_grace_s,
+            finish_max_attempts=s.finish_max_attempts,
+            on_unauthorized=self._on_unauthorized,
+        )
+        self._commands = CommandConsumer(
+            command_channel,
+            self.topology.requests_queue,
+            s.command_prefetch,
+            commands,
+            on_outcome=self._count_command,
+        )
+        self._watches = WatchConsumer(
+            watch_channel,
+            self.topology.watch_queue,
+            s.watch_prefetch,
+            watches,
+            batch_max=s.watch_prefetch,
+            on_outcome=self._count_watch,
+        )
+        await self._watches.start()
+        await self._commands.start()
+        log.info(
+            "service_started",
+            amqp=redact_url(s.amqp_url),
+            api=s.api_url,
+            http_port=self.http_port,
+            poll_interval_s=s.poll_interval_s,
+            poll_mode=s.poll_mode,
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming, drain for the grace period, close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._probe is not None:
+            self._probe.cancel()
+        grace = self.settings.shutdown_grace_s
+        cut = 0
+        consumers = [c for c in (self._commands, self._watches) if c is not None]
+        for consumer in consumers:
+            await consumer.stop()
+        results = await asyncio.gather(*(c.drain(grace) for c in consumers))
+        cut = sum(results)
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        await self.client.close()
+        if self._health is not None:
+            await self._health.stop()
+        log.info("service_stopped", returned_to_queue=cut)
+
+    # --- readiness and the token -----------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: every check must be true to receive traffic."""
+        connected = self._connection is not None and not self._connection.is_closed
+        consuming = bool(self._commands and self._commands.consuming and self._watches)
+        return {
+            "broker_connected": connected,
+            "consuming": consuming and not self._stopping,
+            "api_token_accepted": self.token_accepted,
+        }
+
+    async def _on_unauthorized(self) -> None:
+        if not self.token_accepted or self._stopping:
+            return
+        self.token_accepted = False
+        log.error(
+            "api_token_rejected",
+            detail="DigitalOcean answered 401 Unauthorized: the API token is wrong, revoked or "
+            "lacks scopes; stopped consuming commands until it is accepted again",
+        )
+        if self._commands is not None:
+            await self._commands.stop()
+        self._probe = asyncio.create_task(self._probe_token())
+
+    async def _probe_token(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(TOKEN_PROBE_INTERVAL_S)
+            try:
+                await self.client.get_options()
+            except Unauthorized:
+                continue
+            except ApiError as exc:
+                log.info("token_probe_inconclusive", error=str(exc))
+                continue
+            self.token_accepted = True
+            if self._commands is not None and not self._stopping:
+                await self._commands.start()
+            log.info("api_token_accepted_again")
+            return
+
+    # --- metrics ---------------------------------------------------------------------
+
+    def _observe_api_call(self, operation: str, status: str, seconds: float) -> None:
+        self.metrics.observe_api_call(operation, status, seconds)
+        state = self.limiter.snapshot()
+        self.metrics.set_ratelimit(state.remaining, state.sent_last_minute)
+
+    def _count_command(self, outcome: CommandOutcome) -> None:
+        self.metrics.count_command(outcome.outcome)
+
+    def _count_watch(self, outcome: WatchOutcome) -> None:
+        if outcome.time_to_online_s is not None:
+            self.metrics.observe_time_to_online(outcome.time_to_online_s)
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(service.start())
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done:
+        starting.result()
+        await stopped
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    log.info("shutdown_requested", at=time.time())
+    await service.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``provisioner run`` takes no options: it reads the environment (see the README)."""
+    parser.epilog = "Configured by environment variables; see README.md."
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``provisioner run``."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"provisioner: {exc}")
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run(settings))
+    return 0

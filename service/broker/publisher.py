@@ -1,0 +1,139 @@
+"""Publishing with broker confirms: events, retries, watches and parked commands.
+
+Every publish waits for the broker's confirm, with a timeout (a publish on a lost
+connection would otherwise wait for the reconnect forever). Messages to our own queues
+are ``mandatory`` on a channel that raises on returns, so a missing queue is an error,
+not a silent drop. Events are not mandatory: an events exchange without subscribers is
+normal. Publishes from concurrent handlers pipeline on the channel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
+
+from contracts.errors import FieldError
+from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
+from service.broker.topology import Topology
+from service.provisioning.messages import (
+    ATTEMPT_HEADER,
+    REJECTION_HEADER,
+    WATCH_CONTENT_TYPE,
+    WatchState,
+    encode_watch,
+)
+from service.provisioning.ports import Delivery
+
+__all__ = ["PublishObserver", "RabbitPublisher"]
+
+APP_ID: Final = "provisioner"
+# Headers are for people reading the parking queue: keep the reason readable and bounded.
+MAX_REASON_BYTES: Final = 16 * 1024
+
+PublishObserver = Callable[[str, float], None]  # (event type, seconds to confirm)
+
+
+class RabbitPublisher:
+    """Implements the domain's ``EventBus`` and ``WorkQueues`` on one confirming channel."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        *,
+        timeout_s: float,
+        observer: PublishObserver | None = None,
+    ) -> None:
+        self._channel = channel
+        self._topology = topology
+        self._timeout_s = timeout_s
+        self._observer = observer
+        self._events: AbstractExchange | None = None
+
+    async def _events_exchange(self) -> AbstractExchange:
+        if self._events is None:
+            self._events = await self._channel.get_exchange(
+                self._topology.events_exchange, ensure=False
+            )
+        return self._events
+
+    async def publish(
+        self, event: Event, *, reply_to: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        """The event on the events exchange, and a copy to ``reply_to`` if the producer
+        asked for one."""
+        started = time.perf_counter()
+        body = encode_event(event)
+        message = aio_pika.Message(
+            body,
+            content_type=EVENT_CONTENT_TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=event.id,
+            type=event.routing_key,
+            timestamp=datetime.now(UTC),
+            app_id=APP_ID,
+            correlation_id=correlation_id,
+        )
+        exchange = await self._events_exchange()
+        await exchange.publish(message, event.routing_key, timeout=self._timeout_s)
+        if reply_to:
+            # Not mandatory: a producer that went away must not block its own request.
+            await self._channel.default_exchange.publish(message, reply_to, timeout=self._timeout_s)
+        if self._observer is not None:
+            self._observer(event.routing_key, time.perf_counter() - started)
+
+    async def retry_command(self, delivery: Delivery, attempt: int) -> None:
+        """The command again, through the delay queue for this attempt."""
+        headers = {**delivery.headers, ATTEMPT_HEADER: attempt + 1}
+        await self._to_queue(
+            self._topology.retry_queue(attempt), _copy(delivery, headers), mandatory=True
+        )
+
+    async def schedule_watch(self, watch: WatchState) -> None:
+        """The watch, back after one poll interval."""
+        message = aio_pika.Message(
+            encode_watch(watch),
+            content_type=WATCH_CONTENT_TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=watch.cluster_id,
+            app_id=APP_ID,
+        )
+        await self._to_queue(self._topology.watch_delay_queue(), message, mandatory=True)
+
+    async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
+        """The original command, untouched, with why it was refused in its headers."""
+        reason = msgspec.json.encode(errors)
+        if len(reason) > MAX_REASON_BYTES:
+            reason = msgspec.json.encode(errors[:20]) + b" (truncated)"
+        headers = {
+            **delivery.headers,
+            REJECTION_HEADER: reason.decode(),
+            "x-rejected-at": datetime.now(UTC).isoformat(),
+            "x-rejection-count": len(errors),
+        }
+        await self._to_queue(
+            self._topology.rejected_queue, _copy(delivery, headers), mandatory=True
+        )
+
+    async def _to_queue(self, queue: str, message: aio_pika.Message, *, mandatory: bool) -> None:
+        await self._channel.default_exchange.publish(
+            message, queue, mandatory=mandatory, timeout=self._timeout_s
+        )
+
+
+def _copy(delivery: Delivery, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        delivery.body,
+        content_type=delivery.content_type,
+        headers=headers,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        reply_to=delivery.reply_to,
+        correlation_id=delivery.correlation_id,
+        message_id=delivery.message_id,
+    )

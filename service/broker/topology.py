@@ -1,0 +1,160 @@
+"""The RabbitMQ topology of design.md, declared idempotently.
+
+Everything that must survive a replica lives here: commands, watches, retries, parked
+and dead-lettered messages. All queues are quorum queues (replicated, at-least-once
+dead lettering, delivery limits). Delays are fixed-TTL queues that dead-letter back into
+the queue they delay for; their names carry the TTL, so changing a delay declares a new
+queue instead of failing on an argument mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from msgspec import Struct
+
+__all__ = ["DeclaredQueue", "Topology", "declare"]
+
+DELIVERY_LIMIT: Final = 5
+
+
+class DeclaredQueue(Struct, frozen=True):
+    """A queue with the arguments it is declared with (for printing and tests)."""
+
+    name: str
+    arguments: dict[str, Any]
+    purpose: str
+
+
+class Topology(Struct, frozen=True, kw_only=True):
+    """Names and delays. The defaults are the names other teams code against."""
+
+    commands_exchange: str = "provisioner.commands"
+    command_routing_key: str = "database.cluster.create"
+    requests_queue: str = "provisioner.requests"
+    events_exchange: str = "provisioner.events"
+    rejected_queue: str = "provisioner.rejected"
+    dead_letter_exchange: str = "provisioner.dead-letter"
+    dead_letter_queue: str = "provisioner.dead-letter"
+    watch_queue: str = "provisioner.watch"
+    watch_delay_s: float = 10.0
+    retry_delays_s: tuple[float, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
+    delivery_limit: int = DELIVERY_LIMIT
+
+    @classmethod
+    def prefixed(cls, prefix: str, **delays: Any) -> Topology:
+        """The same shape under other names (the demo uses one, so that it never touches
+        a real deployment's queues on the same broker)."""
+        return cls(
+            commands_exchange=f"{prefix}.commands",
+            requests_queue=f"{prefix}.requests",
+            events_exchange=f"{prefix}.events",
+            rejected_queue=f"{prefix}.rejected",
+            dead_letter_exchange=f"{prefix}.dead-letter",
+            dead_letter_queue=f"{prefix}.dead-letter",
+            watch_queue=f"{prefix}.watch",
+            **delays,
+        )
+
+    def watch_delay_queue(self) -> str:
+        """Where a watch waits one poll interval before it returns to the watch queue."""
+        return f"{self.watch_queue}.delay.{_ms(self.watch_delay_s)}ms"
+
+    def retry_queue(self, attempt: int) -> str:
+        """The delay queue for the retry that follows failed attempt ``attempt`` (1-based)."""
+        delay = self.retry_delays_s[min(attempt, len(self.retry_delays_s)) - 1]
+        return f"{self.requests_queue}.retry.{_ms(delay)}ms"
+
+    def queues(self) -> list[DeclaredQueue]:
+        """Every queue of the topology with its arguments."""
+        quorum = {
+            "x-queue-type": "quorum",
+            # at-least-once dead lettering needs reject-publish overflow (RabbitMQ 3.10+).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        limited = {
+            **quorum,
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+        }
+        queues = [
+            DeclaredQueue(self.requests_queue, limited, "commands to handle"),
+            DeclaredQueue(self.watch_queue, limited, "clusters being followed"),
+            DeclaredQueue(self.rejected_queue, {"x-queue-type": "quorum"}, "parked bad commands"),
+            DeclaredQueue(
+                self.dead_letter_queue,
+                {"x-queue-type": "quorum"},
+                "messages that exhausted their deliveries",
+            ),
+            DeclaredQueue(
+                self.watch_delay_queue(),
+                _delay(quorum, self.watch_delay_s, self.watch_queue),
+                f"watch delay ({self.watch_delay_s:g} s)",
+            ),
+        ]
+        for delay in dict.fromkeys(self.retry_delays_s):
+            queues.append(
+                DeclaredQueue(
+                    f"{self.requests_queue}.retry.{_ms(delay)}ms",
+                    _delay(quorum, delay, self.requests_queue),
+                    f"command retry delay ({delay:g} s)",
+                )
+            )
+        return queues
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _delay(base: dict[str, Any], seconds: float, target: str) -> dict[str, Any]:
+    return {
+        **base,
+        "x-message-ttl": _ms(seconds),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": target,
+    }
+
+
+async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
+    """Declare exchanges, queues and bindings; return one line per thing declared."""
+    lines: list[str] = []
+    commands = await channel.declare_exchange(
+        topology.commands_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    lines.append(f"exchange {topology.commands_exchange} (direct)")
+    await channel.declare_exchange(
+        topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    lines.append(f"exchange {topology.events_exchange} (topic)")
+    dlx = await channel.declare_exchange(
+        topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    lines.append(f"exchange {topology.dead_letter_exchange} (fanout)")
+    for queue in topology.queues():
+        await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}")
+    await _bind(channel, topology.requests_queue, commands, [topology.command_routing_key])
+    lines.append(
+        f"binding {topology.commands_exchange} -[{topology.command_routing_key}]-> "
+        f"{topology.requests_queue}"
+    )
+    await _bind(channel, topology.dead_letter_queue, dlx, [""])
+    lines.append(f"binding {topology.dead_letter_exchange} -> {topology.dead_letter_queue}")
+    return lines
+
+
+async def _bind(
+    channel: AbstractChannel, queue: str, exchange: AbstractExchange, keys: Iterable[str]
+) -> None:
+    declared = await channel.get_queue(queue, ensure=False)
+    for key in keys:
+        await declared.bind(exchange, routing_key=key)
+
+
+def _args(arguments: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(arguments.items()))

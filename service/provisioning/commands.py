@@ -1,0 +1,276 @@
+"""Handle one ``ProvisionDatabase`` command: validate, create (or adopt), start watching.
+
+The handler says what to do with the delivery (``ack`` or ``requeue``); the broker layer
+does it. It acks only after every event and message the command produced was confirmed
+by the broker, so a crash at any point redelivers the command, and adoption (below) makes
+the redelivery harmless: one request, one cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal
+
+import msgspec
+import structlog
+from msgspec import Struct
+
+from contracts.commands import COMMAND_CONTENT_TYPE, ProvisionDatabase, decode_command
+from contracts.digitalocean import DatabaseCluster
+from contracts.errors import FieldError, InvalidCommand
+from contracts.events import ApiErrorDetail
+from service.digitalocean import (
+    AmbiguousCreate,
+    ApiError,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    Unprocessable,
+)
+from service.provisioning.events import EventFactory, api_error_detail
+from service.provisioning.messages import ATTEMPT_HEADER, WatchState
+from service.provisioning.options import OfferCheck
+from service.provisioning.ports import ClusterApi, Delivery, EventBus, WorkQueues
+
+__all__ = ["CommandHandler", "CommandOutcome", "request_tag"]
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["accepted", "adopted", "rejected", "failed", "retried", "requeued"]
+TRANSIENT: Final = (RateLimited, ServerError, TransportError, AmbiguousCreate)
+JSON_TYPES: Final = frozenset({COMMAND_CONTENT_TYPE, "text/json"})
+
+
+class CommandOutcome(Struct, frozen=True):
+    """What became of a command, and what to do with its delivery."""
+
+    outcome: Outcome
+    disposition: Literal["ack", "requeue"]
+
+
+def request_tag(managed_tag: str, request_id: str) -> str:
+    """The tag that marks the cluster a request created (DigitalOcean tags allow
+    letters, digits, ``:``, ``-`` and ``_``; a hash keeps any request id within that)."""
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
+    return f"{managed_tag}:req:{digest}"
+
+
+def _attempt(delivery: Delivery) -> int:
+    value = delivery.headers.get(ATTEMPT_HEADER, 1)
+    try:
+        return max(1, int(str(value)))
+    except ValueError:
+        return 1
+
+
+def _peek_request_id(body: bytes) -> str | None:
+    # For a rejected command: its request_id, when the JSON is readable enough to have one.
+    class _Peek(Struct):
+        request_id: str | None = None
+
+    try:
+        rid = msgspec.json.decode(body, type=_Peek).request_id
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+    return rid if rid and len(rid) <= 128 else None
+
+
+class CommandHandler:
+    """Turns a delivery into a cluster being watched, a rejection or a failure."""
+
+    def __init__(
+        self,
+        *,
+        api: ClusterApi,
+        events: EventBus,
+        work: WorkQueues,
+        factory: EventFactory,
+        offer: OfferCheck,
+        managed_tag: str,
+        create_timeout_s: float,
+        max_attempts: int,
+        max_message_bytes: int,
+        on_unauthorized: Callable[[], Awaitable[None]],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._work = work
+        self._factory = factory
+        self._offer = offer
+        self._managed_tag = managed_tag
+        self._create_timeout_s = create_timeout_s
+        self._max_attempts = max_attempts
+        self._max_bytes = max_message_bytes
+        self._on_unauthorized = on_unauthorized
+        self._wall = wall
+
+    async def handle(self, delivery: Delivery) -> CommandOutcome:
+        """Validate and provision; never raises for anything the command contains."""
+        try:
+            command = self._decode(delivery)
+            offer_errors = await self._offer.check(command.cluster)
+            if offer_errors:
+                raise InvalidCommand(offer_errors)
+        except InvalidCommand as exc:
+            await self._reject(delivery, exc.errors)
+            return CommandOutcome("rejected", "ack")
+        structlog.contextvars.bind_contextvars(
+            request_id=command.request_id, correlation_id=delivery.correlation_id
+        )
+        return await self._provision(delivery, command, _attempt(delivery))
+
+    def _decode(self, delivery: Delivery) -> ProvisionDatabase:
+        content_type = (delivery.content_type or "").split(";")[0].strip().lower()
+        if content_type and content_type not in JSON_TYPES:
+            raise InvalidCommand(
+                [
+                    FieldError(
+                        "$",
+                        f"content-type {content_type!r} is not JSON; "
+                        f"publish commands as {COMMAND_CONTENT_TYPE}",
+                    )
+                ]
+            )
+        return decode_command(delivery.body, max_bytes=self._max_bytes)
+
+    async def _reject(self, delivery: Delivery, errors: list[FieldError]) -> None:
+        request_id = _peek_request_id(delivery.body)
+        log.info("command_rejected", request_id=request_id, errors=len(errors))
+        event = self._factory.rejected(delivery.body, errors, request_id)
+        # Park first: if the event publish fails the redelivery parks again (harmless),
+        # whereas the other order could announce a rejection whose message is lost.
+        await self._work.park(delivery, errors)
+        await self._events.publish(
+            event, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
+        )
+
+    async def _provision(
+        self, delivery: Delivery, command: ProvisionDatabase, attempt: int
+    ) -> CommandOutcome:
+        tag = request_tag(self._managed_tag, command.request_id)
+        body = command.cluster.api_body(managed_tag=self._managed_tag)
+        body = msgspec.structs.replace(body, tags=[*(body.tags or []), tag])
+        outcome: Outcome = "accepted"
+        try:
+            try:
+                cluster = await self._api.create_cluster(body)
+            except Unprocessable as exc:
+                # Most often the name is taken, by the cluster an earlier delivery of this
+                # very request created (crash before ack, ambiguous create): adopt it.
+                existing = await self._find_by_name(command.cluster.name)
+                if existing is None:
+                    return await self._fail_api(delivery, command, exc, attempt)
+                if tag not in (existing.tags or []):
+                    return await self._fail(
+                        delivery,
+                        command,
+                        "api_error",
+                        f"the name {command.cluster.name!r} is taken by a cluster this "
+                        "request did not create",
+                        cluster_id=existing.id,
+                        api_error=api_error_detail(exc),
+                    )
+                cluster, outcome = existing, "adopted"
+                log.info("cluster_adopted", cluster_id=cluster.id)
+        except Unauthorized:
+            await self._on_unauthorized()
+            return CommandOutcome("requeued", "requeue")
+        except TRANSIENT as exc:
+            return await self._retry_or_fail(delivery, command, attempt, exc)
+        except ApiError as exc:
+            return await self._fail_api(delivery, command, exc, attempt)
+        await self._start_watching(delivery, command, cluster)
+        return CommandOutcome(outcome, "ack")
+
+    async def _find_by_name(self, name: str) -> DatabaseCluster | None:
+        for cluster in await self._api.list_clusters(tag_name=self._managed_tag):
+            if cluster.name == name:
+                return cluster
+        return None
+
+    async def _start_watching(
+        self, delivery: Delivery, command: ProvisionDatabase, cluster: DatabaseCluster
+    ) -> None:
+        structlog.contextvars.bind_contextvars(cluster_id=cluster.id)
+        now = self._wall()
+        timeout = command.timeout_s or self._create_timeout_s
+        watch = WatchState(
+            request_id=command.request_id,
+            cluster_id=cluster.id,
+            name=cluster.name,
+            engine=cluster.engine,
+            region=cluster.region,
+            status=cluster.status or "creating",
+            deadline=now + timeout,
+            accepted_at=now,
+            users=list(command.cluster.users or []),
+            db_names=list(command.cluster.db_names or []),
+            metadata=command.metadata,
+            reply_to=delivery.reply_to,
+            correlation_id=delivery.correlation_id,
+        )
+        event = self._factory.status_changed(watch, watch.status or "creating", None)
+        await self._events.publish(
+            event, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
+        )
+        await self._work.schedule_watch(watch)
+        log.info("cluster_creating", status=watch.status, deadline_s=timeout)
+
+    async def _retry_or_fail(
+        self, delivery: Delivery, command: ProvisionDatabase, attempt: int, exc: ApiError
+    ) -> CommandOutcome:
+        if attempt < self._max_attempts:
+            log.info("create_retry_scheduled", attempt=attempt, error=str(exc))
+            await self._work.retry_command(delivery, attempt)
+            return CommandOutcome("retried", "ack")
+        return await self._fail(
+            delivery,
+            command,
+            "retries_exhausted",
+            f"DigitalOcean did not accept the create after {attempt} attempts: {exc}",
+            attempts=attempt,
+            api_error=api_error_detail(exc),
+        )
+
+    async def _fail_api(
+        self, delivery: Delivery, command: ProvisionDatabase, exc: ApiError, attempt: int
+    ) -> CommandOutcome:
+        return await self._fail(
+            delivery,
+            command,
+            "api_error",
+            f"DigitalOcean refused the create: {exc.message}",
+            attempts=attempt,
+            api_error=api_error_detail(exc),
+        )
+
+    async def _fail(
+        self,
+        delivery: Delivery,
+        command: ProvisionDatabase,
+        reason: Literal["api_error", "retries_exhausted"],
+        message: str,
+        *,
+        cluster_id: str | None = None,
+        attempts: int | None = None,
+        api_error: ApiErrorDetail | None = None,
+    ) -> CommandOutcome:
+        log.warning("command_failed", reason=reason, detail=message)
+        event = self._factory.failed(
+            command.request_id,
+            reason,
+            message,
+            cluster_id=cluster_id,
+            step="create",
+            attempts=attempts,
+            api_error=api_error,
+            metadata=command.metadata,
+        )
+        await self._events.publish(
+            event, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
+        )
+        return CommandOutcome("failed", "ack")

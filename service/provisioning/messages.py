@@ -1,0 +1,63 @@
+"""The watch message: a cluster being followed, held by RabbitMQ between looks.
+
+Internal to the service (replicas of the same version read it); ``v`` lets a newer
+replica read an older one's watches during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+from msgspec import Struct
+
+from contracts.digitalocean import DatabaseUserCreate
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "REJECTION_HEADER",
+    "WATCH_CONTENT_TYPE",
+    "WatchState",
+    "decode_watch",
+    "encode_watch",
+]
+
+# The command's attempt number travels in this header through the retry delay queues.
+ATTEMPT_HEADER: Final = "x-provisioner-attempt"
+REJECTION_HEADER: Final = "x-rejection-reason"
+WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
+
+
+class WatchState(Struct, kw_only=True, omit_defaults=True):
+    """Everything needed to follow one cluster to ``connection_ready`` on any replica."""
+
+    v: int = 1
+    request_id: str
+    cluster_id: str
+    name: str
+    engine: str
+    region: str
+    status: str | None
+    deadline: float  # wall-clock epoch seconds
+    accepted_at: float  # wall-clock epoch seconds the create was accepted
+    phase: Literal["creating", "finishing"] = "creating"
+    users: list[DatabaseUserCreate] = []
+    db_names: list[str] = []
+    metadata: dict[str, str] | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    finish_attempts: int = 0
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(WatchState)
+
+
+def encode_watch(watch: WatchState) -> bytes:
+    """The watch message body."""
+    return _encoder.encode(watch)
+
+
+def decode_watch(body: bytes) -> WatchState:
+    """Read a watch message; raises ``msgspec.DecodeError`` / ``ValidationError``."""
+    return _decoder.decode(body)

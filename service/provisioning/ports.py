@@ -1,0 +1,70 @@
+"""The two seams of the domain: the DigitalOcean API and the broker."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from msgspec import Struct
+
+from contracts.digitalocean import (
+    CaCertificate,
+    DatabaseCluster,
+    DatabaseClusterCreate,
+    DatabaseName,
+    DatabaseOptions,
+    DatabaseUser,
+    DatabaseUserCreate,
+)
+from contracts.errors import FieldError
+from contracts.events import Event
+from service.provisioning.messages import WatchState
+
+__all__ = ["ClusterApi", "Delivery", "EventBus", "WorkQueues"]
+
+
+class ClusterApi(Protocol):
+    """What the domain needs of DigitalOcean (``service.digitalocean.DigitalOceanClient``)."""
+
+    async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster: ...
+    async def get_cluster(self, cluster_id: str) -> DatabaseCluster: ...
+    async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]: ...
+    async def get_options(self) -> DatabaseOptions: ...
+    async def get_ca(self, cluster_id: str) -> CaCertificate: ...
+    async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser: ...
+    async def add_database(self, cluster_id: str, name: str) -> DatabaseName: ...
+
+
+class Delivery(Struct, kw_only=True):
+    """A command as it came off the queue: the bytes and the AMQP properties we use."""
+
+    body: bytes
+    content_type: str | None = None
+    headers: dict[str, object] = {}
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    message_id: str | None = None
+    redelivered: bool = False
+
+
+class EventBus(Protocol):
+    """Publishes events, confirmed by the broker before it returns."""
+
+    async def publish(
+        self, event: Event, *, reply_to: str | None = None, correlation_id: str | None = None
+    ) -> None: ...
+
+
+class WorkQueues(Protocol):
+    """The broker-held state of the work: retries, watches and parked commands."""
+
+    async def retry_command(self, delivery: Delivery, attempt: int) -> None:
+        """Send the command back through the delay for retry number ``attempt``."""
+        ...
+
+    async def schedule_watch(self, watch: WatchState) -> None:
+        """Look at this cluster again after one poll interval."""
+        ...
+
+    async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
+        """Move a bad command to the parking queue with its reasons in the headers."""
+        ...
