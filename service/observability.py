@@ -18,6 +18,7 @@ Two kinds of redaction:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import sys
@@ -82,12 +83,16 @@ class SecretRegistry:
     registered longest ago goes first) because a long-running service sees a password for every
     user of every cluster, and a secret is most likely to be logged near the time it was seen.
 
-    A scan costs one set lookup per character of the text whatever the number of secrets: values
-    are indexed by their first :attr:`min_length` characters, and only the values whose prefix
-    occurs in the text are searched for. Registering is O(1), nothing is recompiled.
+    Values are indexed by their first :attr:`min_length` characters, and only the values whose
+    prefix occurs in the text are searched for. With few prefixes each is looked for directly
+    (a C-speed substring search); with many, the text's own prefixes are looked up instead, so a
+    scan costs one set lookup per character however many secrets there are. Registering is
+    O(1); nothing is recompiled.
     """
 
     min_length: Final = 4
+    # Below this many distinct prefixes, `prefix in text` per prefix beats walking the text.
+    _direct_search_limit: Final = 24
 
     def __init__(self, capacity: int = 10_000) -> None:
         if capacity < 1:
@@ -96,9 +101,15 @@ class SecretRegistry:
         self._values: OrderedDict[str, None] = OrderedDict()
         self._by_prefix: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._values)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a value is added or forgotten: a text clean before may not be now."""
+        return self._generation
 
     def __repr__(self) -> str:
         # Never the values themselves.
@@ -115,6 +126,7 @@ class SecretRegistry:
                     continue
                 self._values[form] = None
                 self._by_prefix.setdefault(form[: self.min_length], set()).add(form)
+                self._generation += 1
             while len(self._values) > self._capacity:
                 old, _ = self._values.popitem(last=False)
                 same_prefix = self._by_prefix[old[: self.min_length]]
@@ -127,16 +139,20 @@ class SecretRegistry:
         with self._lock:
             self._values.clear()
             self._by_prefix.clear()
+            self._generation += 1
 
     def scrub(self, text: str) -> str:
         """``text`` with every registered value replaced by :data:`REDACTED`."""
         width = self.min_length
         if not self._by_prefix or len(text) < width:
             return text
-        grams = {text[i : i + width] for i in range(len(text) - width + 1)}
         with self._lock:
             by_prefix = self._by_prefix
-            candidates = [value for gram in grams if gram in by_prefix for value in by_prefix[gram]]
+            if len(by_prefix) <= self._direct_search_limit:
+                candidates = [v for prefix, vs in by_prefix.items() if prefix in text for v in vs]
+            else:
+                grams = {text[i : i + width] for i in range(len(text) - width + 1)}
+                candidates = [v for gram in grams if gram in by_prefix for v in by_prefix[gram]]
         if not candidates:
             return text
         # Longest first, so a value that contains another is removed whole.
@@ -156,7 +172,7 @@ def register_secret(value: str) -> None:
 
 def scrub_text(text: str, registry: SecretRegistry | None = None) -> str:
     """``text`` with secrets removed: registered values and secret-shaped substrings."""
-    text = (registry or secret_registry).scrub(text)
+    text = (registry if registry is not None else secret_registry).scrub(text)
     # Cheap substring checks first: most log strings hold none of these markers.
     if "://" in text:
         text = _URL_USERINFO.sub(rf"\g<head>:{REDACTED}@", text)
@@ -170,7 +186,13 @@ def scrub_text(text: str, registry: SecretRegistry | None = None) -> str:
 
 
 def _is_sensitive_key(key: object) -> bool:
-    return isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
+    return isinstance(key, str) and _is_sensitive_name(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_name(key: str) -> bool:
+    # Cached: the same few keys come back on every line.
+    return _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
 
 
 def _redact_value(value: Any, registry: SecretRegistry, depth: int) -> Any:
@@ -207,6 +229,26 @@ def _redact_value(value: Any, registry: SecretRegistry, depth: int) -> Any:
 _CHAIN_KEYS: Final = frozenset({"timestamp", "level", "logger"})
 
 
+# Keys found clean, with the registry generation they were checked against. The same few keys
+# come back on every line; re-scanning them only after a new secret arrives halves the work.
+_clean_keys: dict[str, int] = {}
+_CLEAN_KEYS_LIMIT: Final = 4096
+
+
+def _scrub_key(key: str, registry: SecretRegistry) -> str:
+    if registry is not secret_registry:
+        return scrub_text(key, registry)
+    generation = registry.generation
+    if _clean_keys.get(key) == generation:
+        return key
+    scrubbed = scrub_text(key, registry)
+    if scrubbed is key:
+        if len(_clean_keys) >= _CLEAN_KEYS_LIMIT:
+            _clean_keys.clear()  # bounded: keys built from data must not grow it forever
+        _clean_keys[key] = generation
+    return scrubbed
+
+
 def _redact_mapping(mapping: Mapping[Any, Any], registry: SecretRegistry, depth: int) -> Any:
     changed = False
     out: dict[Any, Any] = {}
@@ -214,7 +256,7 @@ def _redact_mapping(mapping: Mapping[Any, Any], registry: SecretRegistry, depth:
         if depth == 0 and key in _CHAIN_KEYS:
             out[key] = value
             continue
-        new_key = scrub_text(key, registry) if isinstance(key, str) else key
+        new_key = _scrub_key(key, registry) if isinstance(key, str) else key
         if _is_sensitive_key(key) and not isinstance(value, _NOT_SECRET_VALUE_TYPES):
             new_value: Any = REDACTED
         else:

@@ -270,6 +270,25 @@ def test_longer_secret_wins_over_a_registered_prefix_of_it() -> None:
     assert registry.scrub("x abcdefghij y abcdef z") == "x *** y *** z"
 
 
+@pytest.mark.parametrize("count", [3, 300])
+def test_registered_values_are_found_among_few_or_many(count: int) -> None:
+    # Few prefixes are searched for directly, many through the text's own prefixes.
+    registry = SecretRegistry()
+    values = [fresh_secret() for _ in range(count)]
+    for value in values:
+        registry.register(value)
+    text = f"a={values[0]} b={values[-1]} c=not-a-secret"
+    assert registry.scrub(text) == "a=*** b=*** c=not-a-secret"
+
+
+def test_key_seen_clean_is_scrubbed_once_it_becomes_a_secret() -> None:
+    value = fresh_secret()
+    key = f"user_{value}"
+    assert key in redact({"event": "x", key: 1})
+    register_secret(value)
+    assert redact({"event": "x", key: 1}) == {"event": "x", "user_***": 1}
+
+
 def test_registry_repr_never_shows_a_value() -> None:
     registry = SecretRegistry()
     registry.register("very-secret-value")
