@@ -55,7 +55,7 @@ _SENSITIVE_KEY = re.compile(
     r"pass(?:word|wd|phrase)|secret|token|authorization|api_?key|access_key|access_cert"
     r"|private_key|certificate|cookie|credential"
 )
-# Boolean and count-like keys that contain a sensitive word but can never hold a secret.
+# Values that cannot hold a secret, kept even under a sensitive key (`api_token_accepted: false`).
 _NOT_SECRET_VALUE_TYPES: Final = (bool, int, float, type(None))
 
 # `scheme://user:password@` -> `scheme://user:***@`; the user name is not a secret.
@@ -70,8 +70,8 @@ _PRIVATE_KEY_PEM = re.compile(
     re.DOTALL,
 )
 
-# Strings nested deeper than this are replaced wholesale: a log event is not a data dump,
-# and a bounded walk cannot be turned into a slow one by a hostile structure.
+# Containers nested deeper than this are replaced wholesale: a log event is not a data dump,
+# and a bounded walk cannot be turned into a slow (or recursive) one by a hostile structure.
 _MAX_DEPTH: Final = 8
 
 

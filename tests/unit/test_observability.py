@@ -247,6 +247,17 @@ def test_dataclass_and_unknown_object_reprs_are_scrubbed() -> None:
     assert out["thing"] == "Opaque(key=***)"
 
 
+def test_cyclic_or_deeply_nested_values_are_cut_off_not_walked_forever() -> None:
+    value = fresh_secret()
+    register_secret(value)
+    cyclic: list[Any] = [value]
+    cyclic.append(cyclic)
+    out = redact({"event": "x", "data": cyclic})
+    rendered = json.dumps(out)  # would fail on a cycle: the output is a finite copy
+    assert value not in rendered
+    assert REDACTED in rendered
+
+
 def test_short_values_are_not_registered() -> None:
     registry = SecretRegistry()
     registry.register("abc")
