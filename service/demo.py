@@ -29,7 +29,7 @@ from rich.table import Table
 
 from contracts.events import ConnectionReady, Event, Failed, Rejected, StatusChanged, decode_event
 from service.app import Service
-from service.broker.topology import Topology
+from service.broker.topology import Topology, message_count
 from service.config import load_settings
 from service.observability import configure_logging
 from service.simulator import Simulator, SimulatorConfig
@@ -144,8 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _render(rows: dict[str, Progress], title: str) -> Table:
     table = Table(title=title)
-    for column in ("request", "engine", "status", "outcome", "cluster", "seconds", "detail"):
-        table.add_column(column)
+    for column in ("request", "engine", "status", "outcome", "s", "detail"):
+        table.add_column(column, no_wrap=column != "detail", overflow="ellipsis")
     now = time.monotonic()
     for p in rows.values():
         took = (p.finished or now) - p.started
@@ -153,11 +153,10 @@ def _render(rows: dict[str, Progress], title: str) -> Table:
             p.outcome, ""
         )
         table.add_row(
-            p.request_id,
+            p.request_id.removeprefix("demo-"),
             p.engine,
             p.status,
             f"[{style}]{p.outcome}[/]" if style else p.outcome,
-            p.cluster_id[:8],
             f"{took:.1f}",
             p.detail,
         )
@@ -174,12 +173,14 @@ def _apply(rows: dict[str, Progress], event: Event) -> None:
             row.status, row.cluster_id = data.status, data.cluster_id
         case ConnectionReady(data=data):
             row.outcome, row.finished = "connection_ready", time.monotonic()
-            row.detail = (
-                f"users={','.join(u.name for u in data.users)} dbs={','.join(data.db_names)}"
+            users = ", ".join(u.name for u in data.users if u.role != "primary")
+            row.detail = "; ".join(
+                part for part in (users and f"users {users}", ", ".join(data.db_names)) if part
             )
         case Rejected(data=data):
             row.outcome, row.finished = "rejected", time.monotonic()
-            row.detail = f"{len(data.errors)} errors, e.g. {data.errors[0]}"
+            row.status = "-"
+            row.detail = "; ".join(e.path.removeprefix("$.cluster.") for e in data.errors)
         case Failed(data=data):
             row.outcome, row.finished = "failed", time.monotonic()
             row.detail = f"{data.reason}: {data.message}"
@@ -250,8 +251,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=0.25)
                 live.update(_render(rows, "provisioning…"))
-        parked = (await channel.get_queue(topology.rejected_queue)).declaration_result
-        parked_count = (parked.message_count or 0) if parked else 0
+        parked_count = await message_count(connection, topology.rejected_queue)
         await (await channel.get_queue(topology.rejected_queue)).purge()
     finally:
         await connection.close()

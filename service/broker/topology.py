@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from msgspec import Struct
 
-__all__ = ["DeclaredQueue", "Topology", "declare"]
+__all__ = ["DeclaredQueue", "Topology", "declare", "message_count"]
 
 DELIVERY_LIMIT: Final = 5
 
@@ -158,3 +158,15 @@ async def _bind(
 
 def _args(arguments: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(arguments.items()))
+
+
+async def message_count(connection: AbstractConnection, queue: str) -> int:
+    """Messages ready in ``queue`` now (a fresh channel: a robust channel caches queues
+    together with their first declare result)."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        result = declared.declaration_result
+        return int(result.message_count or 0) if result else 0
+    finally:
+        await channel.close()

@@ -153,17 +153,6 @@ async def publish(
         await channel.close()
 
 
-async def queue_depth(connection: AbstractRobustConnection, name: str) -> int:
-    """Messages ready in ``name`` now."""
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        result = queue.declaration_result
-        return int(result.message_count or 0) if result else 0
-    finally:
-        await channel.close()
-
-
 async def get_all(connection: AbstractRobustConnection, name: str) -> list[Any]:
     """Take every message now in ``name`` (acked)."""
     channel = await connection.channel()

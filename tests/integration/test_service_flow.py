@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.digitalocean import DatabaseClusterCreate
 from contracts.events import ConnectionReady, Failed, Rejected, StatusChanged
+from service.broker.topology import message_count
 from service.digitalocean import DigitalOceanClient
 from service.provisioning.commands import request_tag
 from service.simulator import Simulator, SimulatorConfig
@@ -26,7 +27,6 @@ from tests.integration.service_harness import (
     final,
     get_all,
     publish,
-    queue_depth,
     running_service,
     settings_for,
     wait_until,
@@ -312,4 +312,4 @@ async def test_wrong_token_stops_consuming_and_reports_not_ready(
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             assert response.status == 503
     # the command was not failed or lost: it is back in its queue for a fixed token
-    assert await queue_depth(amqp, "provisioner.requests") == 1
+    assert await message_count(amqp, "provisioner.requests") == 1
