@@ -109,13 +109,12 @@ class SlidingWindowLimiter:
         hour_limit = config.rate_limit_per_hour
         reset = self._reset_epoch(bucket, now)
         if len(bucket.hour) >= hour_limit:
-            # The hour is spent: wait until enough of its oldest requests expire.
-            wait = bucket.hour[len(bucket.hour) - hour_limit] + config.hour_window_s - now
-            return RateDecision(False, hour_limit, 0, reset, _seconds(wait), "hour")
+            wait = _wait(bucket.hour, hour_limit, config.hour_window_s, now)
+            return RateDecision(False, hour_limit, 0, reset, wait, "hour")
         minute_limit = config.rate_limit_per_minute
         if len(bucket.minute) >= minute_limit:
-            wait = bucket.minute[len(bucket.minute) - minute_limit] + config.minute_window_s - now
-            return RateDecision(False, hour_limit, 0, reset, _seconds(wait), "minute")
+            wait = _wait(bucket.minute, minute_limit, config.minute_window_s, now)
+            return RateDecision(False, hour_limit, 0, reset, wait, "minute")
         bucket.minute.append(now)
         bucket.hour.append(now)
         bucket.peak_minute = max(bucket.peak_minute, len(bucket.minute))
@@ -155,6 +154,10 @@ class SlidingWindowLimiter:
         return minute, hour
 
 
-def _seconds(wait: float) -> int:
-    """``retry-after`` is whole seconds, rounded up, and at least 1."""
-    return max(1, math.ceil(wait))
+def _wait(times: deque[float], limit: int, window_s: float, now: float) -> int:
+    """``retry-after`` for a full window: until enough of its oldest requests expire that
+    one more fits. Whole seconds, rounded up, at least 1."""
+    if limit <= 0 or not times:
+        # A zero limit (a test closing the API) frees nothing; suggest one window.
+        return max(1, math.ceil(window_s))
+    return max(1, math.ceil(times[len(times) - limit] + window_s - now))

@@ -110,3 +110,9 @@ def test_limits_changed_at_runtime_apply_to_the_next_request() -> None:
     assert not rl.acquire("t", 3.0).allowed
     rl.config.rate_limit_per_minute = 10
     assert rl.acquire("t", 3.0).allowed
+
+
+def test_zero_limit_refuses_everything_and_suggests_one_window() -> None:
+    rl = limiter(per_minute=0, per_hour=100, minute=2.5)
+    refused = rl.acquire("t", 0.0)
+    assert (refused.allowed, refused.retry_after_s) == (False, 3)
