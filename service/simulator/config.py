@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = ["SimulatorConfig"]
@@ -63,3 +65,16 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     seed: int | None = None
     """Seed of the random source behind every fraction, jitter and generated identifier
     that is not a secret (passwords and keys always come from ``secrets``)."""
+
+    def __repr__(self) -> str:
+        # The token may be a real one shared with the service (DIGITALOCEAN_TOKEN): never
+        # show it, so a config printed by a failing test or a debugger leaks nothing.
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"SimulatorConfig({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        """What ``repr`` and rich show: every field, the token masked."""
+        return [
+            (name, "***" if name == "token" else getattr(self, name))
+            for name in self.__struct_fields__
+        ]
