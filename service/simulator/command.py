@@ -99,7 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    add("--port", type=int, default=8089, help="port to listen on, 0 for any (default: %(default)s)")
+    add(
+        "--port", type=int, default=8089, help="port to listen on, 0 for any (default: %(default)s)"
+    )
     add(
         "--token",
         default=None,
