@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "process-token-7f3a9c"
+# The console script the project installs, beside the interpreter running the tests.
+PROVISIONER = str(Path(sys.executable).parent / "provisioner")
 
 
 async def _listening_url(stderr: asyncio.StreamReader, seen: list[str]) -> str:
@@ -26,7 +28,10 @@ async def _listening_url(stderr: asyncio.StreamReader, seen: list[str]) -> str:
         if not line:
             raise AssertionError(f"the simulator exited before listening: {seen}")
         seen.append(line)
-        event = json.loads(line)
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # not a log line (an interpreter warning, say)
         if event.get("event") == "simulator listening":
             url: str = event["url"]
             return url
@@ -35,9 +40,8 @@ async def _listening_url(stderr: asyncio.StreamReader, seen: list[str]) -> str:
 async def test_simulate_serves_with_the_environment_token_and_exits_0_on_sigterm() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITALOCEAN_", "SIMULATOR_"))}
     env["SIMULATOR_TOKEN"] = TOKEN
-    # `python -m service.cli` runs the same main() as the `provisioner` console script.
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "simulate",
+        PROVISIONER, "simulate",
         "--port", "0", "--log-format", "json", "--ready-after", "0.1",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
