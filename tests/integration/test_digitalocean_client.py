@@ -308,6 +308,59 @@ async def test_delete_removes_the_cluster(sim: Simulator) -> None:
     assert sim.stats().clusters_total == 0
 
 
+async def test_delete_whose_first_answer_was_lost_counts_the_404_on_retry_as_done(
+    sim: Simulator,
+) -> None:
+    statuses: list[str] = []
+
+    def observe(operation: str, status: str, seconds: float) -> None:
+        statuses.append(f"{operation} {status}")
+        if status == TRANSPORT_ERROR:
+            sim.config.drop_fraction = 0.0  # only the first attempt loses its answer
+
+    async with client_for(sim, observer=observe) as client:
+        created = await client.create_cluster(request_for("delete-once").api_body())
+        sim.config.drop_fraction = 1.0  # the delete takes effect, then the connection drops
+        await client.delete_cluster(created.id)
+    assert statuses == [
+        "create_cluster 201",
+        f"delete_cluster {TRANSPORT_ERROR}",
+        "delete_cluster 404",
+    ]
+    assert sim.stats().clusters_total == 0
+
+
+async def test_a_failing_observer_never_fails_the_call(sim: Simulator) -> None:
+    def broken(operation: str, status: str, seconds: float) -> None:
+        raise ZeroDivisionError
+
+    with capture_logs() as logs:
+        async with client_for(sim, observer=broken) as client:
+            options = await client.get_options()
+    assert "pg" in options.options
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("digitalocean.observer_failed", "warning")
+    ]
+
+
+async def test_call_that_cannot_get_a_slot_in_time_is_refused_locally(sim: Simulator) -> None:
+    # One request a minute, and a call may wait at most 0.5 s: the second call is refused by
+    # the process itself, at once, without anything sent.
+    limiter = RateLimiter(per_minute=1)
+    observed = Observed()
+    policy = RetryPolicy(max_attempts=3, max_total_s=0.5)
+    async with client_for(sim, limiter=limiter, retry=policy, observer=observed) as client:
+        await client.get_options()
+        started = time.monotonic()
+        with pytest.raises(RateLimited) as caught:
+            await client.get_options()
+        assert time.monotonic() - started < 0.25
+    assert caught.value.status is None
+    assert 59.0 < caught.value.retry_after_s <= 60.0
+    assert observed.statuses("get_options") == ["200"]
+    assert sim.stats().count("GET /v2/databases/options") == 1
+
+
 # --- each error type ----------------------------------------------------------------------
 
 
