@@ -166,14 +166,14 @@ class Service:
         )
         self._commands = CommandConsumer(
             command_channel,
-            self.topology.requests_queue,
+            self.topology.queue(self.topology.requests_queue),
             s.command_prefetch,
             commands,
             on_outcome=self._count_command,
         )
         self._watches = WatchConsumer(
             watch_channel,
-            self.topology.watch_queue,
+            self.topology.queue(self.topology.watch_queue),
             s.watch_prefetch,
             watches,
             batch_max=s.watch_prefetch,

@@ -16,6 +16,7 @@ import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from service.broker.topology import DeclaredQueue
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.messages import WatchState, decode_watch
 from service.provisioning.ports import Delivery
@@ -56,9 +57,9 @@ async def _settle(message: AbstractIncomingMessage, how: str) -> None:
 class _Consumer:
     """Starts, stops and drains one queue's consumer."""
 
-    def __init__(self, channel: AbstractChannel, queue: str, prefetch: int) -> None:
+    def __init__(self, channel: AbstractChannel, queue: DeclaredQueue, prefetch: int) -> None:
         self._channel = channel
-        self._queue_name = queue
+        self._declared = queue
         self._prefetch = prefetch
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -74,7 +75,11 @@ class _Consumer:
         if self._tag is not None:
             return
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await self._channel.get_queue(self._queue_name, ensure=False)
+        # Declared (not merely looked up) with its real arguments: a robust channel
+        # restores, after a reconnect, exactly the queues and consumers declared on it.
+        self._queue = await self._channel.declare_queue(
+            self._declared.name, durable=True, arguments=self._declared.arguments
+        )
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
@@ -113,7 +118,7 @@ class CommandConsumer(_Consumer):
     def __init__(
         self,
         channel: AbstractChannel,
-        queue: str,
+        queue: DeclaredQueue,
         prefetch: int,
         handler: CommandHandler,
         on_outcome: Callable[[CommandOutcome], None] | None = None,
@@ -149,7 +154,7 @@ class WatchConsumer(_Consumer):
     def __init__(
         self,
         channel: AbstractChannel,
-        queue: str,
+        queue: DeclaredQueue,
         prefetch: int,
         handler: WatchHandler,
         *,

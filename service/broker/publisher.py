@@ -58,8 +58,9 @@ class RabbitPublisher:
 
     async def _events_exchange(self) -> AbstractExchange:
         if self._events is None:
-            self._events = await self._channel.get_exchange(
-                self._topology.events_exchange, ensure=False
+            # Declared with its real type so the robust channel can restore it as it is.
+            self._events = await self._channel.declare_exchange(
+                self._topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
         return self._events
 

@@ -68,6 +68,13 @@ class Topology(Struct, frozen=True, kw_only=True):
         delay = self.retry_delays_s[min(attempt, len(self.retry_delays_s)) - 1]
         return f"{self.requests_queue}.retry.{_ms(delay)}ms"
 
+    def queue(self, name: str) -> DeclaredQueue:
+        """One queue of the topology, by name."""
+        for queue in self.queues():
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
     def queues(self) -> list[DeclaredQueue]:
         """Every queue of the topology with its arguments."""
         quorum = {
