@@ -69,7 +69,9 @@ def _describe(t: mi.Type) -> str:
 
 @cache
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    # JSON Schema patterns are ECMA-262, where `$` is the end of the input; Python's `$`
+    # also matches before a trailing newline, which would let "name\n" through.
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
 
 
 def _bounds(value: float, t: mi.IntType | mi.FloatType) -> str | None:
@@ -99,8 +101,14 @@ class _Enough(Exception):
 class StructureChecker:
     """Collects every way a JSON value differs from a msgspec type."""
 
-    def __init__(self, read_only: ReadOnlyFields, limit: int = 200) -> None:
+    def __init__(
+        self,
+        read_only: ReadOnlyFields,
+        pattern_help: Mapping[str, str] | None = None,
+        limit: int = 200,
+    ) -> None:
         self._read_only = read_only
+        self._pattern_help = pattern_help or {}
         self._limit = limit
 
     def check(self, value: Any, target: Any, path: str = "$") -> list[FieldError]:
@@ -140,7 +148,9 @@ class StructureChecker:
                 return
             problem = _length(len(v), t.min_length, t.max_length, "str")
             if problem is None and t.pattern is not None and not _compiled(t.pattern).search(v):
-                problem = f"Expected `str` matching regex {t.pattern!r}"
+                problem = self._pattern_help.get(
+                    t.pattern, f"Expected `str` matching regex {t.pattern!r}"
+                )
             if problem:
                 fail(problem)
             return

@@ -9,7 +9,7 @@ from msgspec import Meta, Struct
 
 from contracts import rules
 from contracts._structure import StructureChecker
-from contracts.digitalocean import DatabaseClusterCreate
+from contracts.digitalocean import HOSTNAME, UUID_OR_EMPTY, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
 
 __all__ = [
@@ -25,7 +25,8 @@ COMMAND_CONTENT_TYPE: Final = "application/json"
 # a hostile producer from making the service parse megabytes.
 MAX_COMMAND_BYTES: Final = 1024 * 1024
 
-RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+REQUEST_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]+$"
+RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=REQUEST_ID_PATTERN)]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=128)]
 MetadataValue = Annotated[str, Meta(max_length=1024)]
 
@@ -45,7 +46,15 @@ class ProvisionDatabase(Struct, forbid_unknown_fields=True, omit_defaults=True):
     timeout_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
 
 
-_checker = StructureChecker(read_only=rules.READ_ONLY_FIELDS)
+_checker = StructureChecker(
+    read_only=rules.READ_ONLY_FIELDS,
+    pattern_help={
+        REQUEST_ID_PATTERN: "must not contain control characters (newlines, tabs, NUL)",
+        UUID_OR_EMPTY: "must be a lowercase UUID such as d455e75d-4858-4eec-8c95-da2f0a5f93a7, "
+        "or empty",
+        HOSTNAME: "must be an RFC 1123 hostname such as db.example.com",
+    },
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -66,8 +75,10 @@ def decode_command(
         raw = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidCommand([FieldError("$", f"invalid JSON: {exc}")]) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidCommand([FieldError("$", f"invalid UTF-8 at byte {exc.start}")]) from None
+    except UnicodeDecodeError:
+        raise InvalidCommand(
+            [FieldError("$", f"invalid UTF-8 at byte {_bad_utf8(data)}")]
+        ) from None
     except RecursionError:
         raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
     errors = _checker.check(raw, ProvisionDatabase)
@@ -81,6 +92,15 @@ def decode_command(
     if errors:
         raise InvalidCommand(errors)
     return command
+
+
+def _bad_utf8(data: bytes | bytearray | memoryview) -> int:
+    # msgspec reports the offset inside the string it was decoding; find the message's.
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return 0
 
 
 def encode_command(command: ProvisionDatabase) -> bytes:

@@ -26,6 +26,7 @@ __all__ = [
     "KNOWN_STATUSES",
     "ApiErrorBody",
     "Autoscale",
+    "AutoscaleRead",
     "CaCertificate",
     "CaResponse",
     "DatabaseBackup",
@@ -42,20 +43,27 @@ __all__ = [
     "DatabaseUserCreate",
     "DatabaseUserResponse",
     "DoSettings",
+    "DoSettingsRead",
     "Engine",
     "EngineOptions",
     "FirewallRule",
     "FirewallRuleCreate",
     "KafkaAcl",
+    "KafkaAclRead",
     "LayoutOption",
     "MaintenanceWindow",
     "MongoUserSettings",
+    "MongoUserSettingsRead",
     "MySQLSettings",
+    "MySQLSettingsRead",
     "OpenSearchAcl",
+    "OpenSearchAclRead",
     "ServiceConnection",
     "ServiceEndpoint",
     "StorageAutoscale",
+    "StorageAutoscaleRead",
     "UserSettings",
+    "UserSettingsRead",
     "VersionAvailability",
 ]
 
@@ -243,6 +251,66 @@ class DatabaseClusterCreate(Struct, forbid_unknown_fields=True, omit_defaults=Tr
 
 
 # --- what the API sends -----------------------------------------------------------------
+# Read-side twins of the request-side settings: the same fields with open strings and no
+# bounds, so a value DigitalOcean adds later (a new ACL permission, a longer CNAME list)
+# does not make a whole response undecodable.
+
+
+class MySQLSettingsRead(Struct, omit_defaults=True):
+    """``mysql_settings`` of a user as the API returns it."""
+
+    auth_plugin: str | None = None
+
+
+class OpenSearchAclRead(Struct, omit_defaults=True):
+    """An OpenSearch index ACL as the API returns it."""
+
+    index: str | None = None
+    permission: str | None = None
+
+
+class KafkaAclRead(Struct, omit_defaults=True):
+    """A Kafka topic ACL as the API returns it."""
+
+    topic: str | None = None
+    permission: str | None = None
+    id: str | None = None
+
+
+class MongoUserSettingsRead(Struct, omit_defaults=True):
+    """MongoDB user settings as the API returns them."""
+
+    databases: list[str] | None = None
+    role: str | None = None
+
+
+class UserSettingsRead(Struct, omit_defaults=True):
+    """A user's ``settings`` as the API returns them."""
+
+    pg_allow_replication: bool | None = None
+    opensearch_acl: list[OpenSearchAclRead] | None = None
+    acl: list[KafkaAclRead] | None = None
+    mongo_user_settings: MongoUserSettingsRead | None = None
+
+
+class StorageAutoscaleRead(Struct, omit_defaults=True):
+    """Storage autoscaling as the API returns it."""
+
+    enabled: bool | None = None
+    threshold_percent: int | None = None
+    increment_gib: int | None = None
+
+
+class AutoscaleRead(Struct, omit_defaults=True):
+    """Autoscaling as the API returns it."""
+
+    storage: StorageAutoscaleRead | None = None
+
+
+class DoSettingsRead(Struct, omit_defaults=True):
+    """``do_settings`` as the API returns it."""
+
+    service_cnames: list[str] | None = None
 
 
 class DatabaseConnection(Struct, omit_defaults=True):
@@ -276,8 +344,8 @@ class DatabaseUser(Struct, omit_defaults=True):
     password: str | None = None
     access_cert: str | None = None
     access_key: str | None = None
-    mysql_settings: MySQLSettings | None = None
-    settings: UserSettings | None = None
+    mysql_settings: MySQLSettingsRead | None = None
+    settings: UserSettingsRead | None = None
 
 
 class MaintenanceWindow(Struct, omit_defaults=True):
@@ -337,8 +405,8 @@ class DatabaseCluster(Struct, omit_defaults=True):
     version_end_of_availability: str | None = None
     storage_size_mib: int | None = None
     metrics_endpoints: list[ServiceEndpoint] | None = None
-    autoscale: Autoscale | None = None
-    do_settings: DoSettings | None = None
+    autoscale: AutoscaleRead | None = None
+    do_settings: DoSettingsRead | None = None
 
 
 class DatabaseClusterResponse(Struct):

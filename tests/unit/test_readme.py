@@ -1,0 +1,29 @@
+"""The README documents what the code does: every setting and every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.cli import COMMANDS
+from service.config import ENVIRONMENT, TOKEN_FILE_VARIABLE, TOKEN_VARIABLES, Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_readme_documents_every_environment_variable_with_its_default() -> None:
+    defaults = Settings()
+    for variable, field in ENVIRONMENT.items():
+        row = next((line for line in README.splitlines() if f"| `{variable}` |" in line), None)
+        assert row is not None, f"{variable} is missing from the README's configuration table"
+        value = getattr(defaults, field)
+        shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+        if isinstance(shown, float):
+            shown = f"{shown:g}"
+        assert f"`{shown}`" in row, f"{variable}: README does not show the default {shown!r}"
+    for variable in (*TOKEN_VARIABLES, TOKEN_FILE_VARIABLE):
+        assert f"`{variable}`" in README
+
+
+def test_readme_lists_every_cli_command() -> None:
+    for name in COMMANDS:
+        assert f"`provisioner {name}" in README, name
