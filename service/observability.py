@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import re
 import sys
@@ -75,6 +76,10 @@ _PRIVATE_KEY_PEM = re.compile(
 _MAX_DEPTH: Final = 8
 
 
+# Shared by every registry, so a generation number never means two different states.
+_generations = itertools.count(1)
+
+
 class SecretRegistry:
     """Exact secret values to scrub from every log line.
 
@@ -101,7 +106,7 @@ class SecretRegistry:
         self._values: OrderedDict[str, None] = OrderedDict()
         self._by_prefix: dict[str, set[str]] = {}
         self._lock = threading.Lock()
-        self._generation = 0
+        self._generation = next(_generations)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -126,7 +131,7 @@ class SecretRegistry:
                     continue
                 self._values[form] = None
                 self._by_prefix.setdefault(form[: self.min_length], set()).add(form)
-                self._generation += 1
+                self._generation = next(_generations)
             while len(self._values) > self._capacity:
                 old, _ = self._values.popitem(last=False)
                 same_prefix = self._by_prefix[old[: self.min_length]]
@@ -139,7 +144,7 @@ class SecretRegistry:
         with self._lock:
             self._values.clear()
             self._by_prefix.clear()
-            self._generation += 1
+            self._generation = next(_generations)
 
     def scrub(self, text: str) -> str:
         """``text`` with every registered value replaced by :data:`REDACTED`."""

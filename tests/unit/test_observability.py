@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from contracts.digitalocean import DatabaseConnection, DatabaseUser
+from service import observability
 from service.observability import (
     REDACTED,
     SecretRegistry,
@@ -30,8 +31,13 @@ from service.observability import (
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state: put it back for the next test."""
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """configure_logging changes process-wide state: put it back for the next test.
+
+    Each test also gets an empty process-wide registry, so what other tests registered
+    (a broker password such as "guest") cannot change what this one sees.
+    """
+    monkeypatch.setattr(observability, "secret_registry", SecretRegistry())
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     structlog_config = structlog.get_config()
