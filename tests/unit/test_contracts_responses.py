@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from contracts import InvalidCommand, decode_command
 from contracts.digitalocean import (
     ApiErrorBody,
     DatabaseClusterList,
@@ -91,12 +92,6 @@ NEW_VALUES_IN_USER_SETTINGS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="digitalocean.py: DatabaseUser reuses the request-side Literal enums "
-    "(MySQLSettings.auth_plugin, KafkaAcl.permission, OpenSearchAcl.permission, "
-    "MongoUserSettings.role), so one new value fails the whole response",
-)
 @pytest.mark.parametrize("user_fields", NEW_VALUES_IN_USER_SETTINGS)
 def test_a_user_setting_value_added_later_does_not_break_the_cluster_list(
     user_fields: dict[str, Any],
@@ -106,14 +101,40 @@ def test_a_user_setting_value_added_later_does_not_break_the_cluster_list(
     assert [c.name for c in clusters] == ["orders", "odd"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="digitalocean.py:162: DatabaseCluster.do_settings reuses the request-side "
-    "DoSettings, whose hostname pattern and 16-item limit also apply to responses",
-)
 def test_service_cnames_the_request_side_would_refuse_do_not_break_a_response() -> None:
     odd = cluster(do_settings={"service_cnames": ["legacy_name.internal"]})
     response = msgspec.json.decode(
         msgspec.json.encode({"database": odd}), type=DatabaseClusterResponse
     )
     assert response.database.do_settings is not None
+
+
+@pytest.mark.parametrize(
+    ("engine", "user_fields"),
+    [
+        ("mysql", {"mysql_settings": {"auth_plugin": "sha256_password"}}),
+        ("kafka", {"settings": {"acl": [{"topic": "t", "permission": "describe"}]}}),
+        ("opensearch", {"settings": {"opensearch_acl": [{"index": "i", "permission": "monitor"}]}}),
+        ("mongodb", {"settings": {"mongo_user_settings": {"role": "clusterAdmin"}}}),
+    ],
+)
+def test_the_same_values_are_still_refused_in_a_command(
+    engine: str, user_fields: dict[str, Any]
+) -> None:
+    # Lenient where DigitalOcean sends, strict where a producer sends.
+    body = {
+        "request_id": "r",
+        "cluster": {
+            "name": "n",
+            "engine": engine,
+            "num_nodes": 1,
+            "size": "s",
+            "region": "r",
+            "users": [{"name": "u", **user_fields}],
+        },
+    }
+    with pytest.raises(InvalidCommand) as caught:
+        decode_command(msgspec.json.encode(body))
+    (error,) = caught.value.errors
+    assert error.path.startswith("$.cluster.users[0].")
+    assert "Expected one of" in error.message
