@@ -20,6 +20,15 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from contracts.digitalocean import (
+    CaCertificate,
+    DatabaseCluster,
+    DatabaseClusterCreate,
+    DatabaseName,
+    DatabaseOptions,
+    DatabaseUser,
+    DatabaseUserCreate,
+)
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.publisher import RabbitPublisher
 from service.broker.topology import Topology, declare
@@ -74,6 +83,60 @@ async def connect(url: str, *, attempts: int | None = None) -> AbstractRobustCon
             delay = min(delay * 2, CONNECT_BACKOFF_MAX_S)
 
 
+class SecretRegisteringApi:
+    """The client, with every password and key it returns registered for log redaction:
+    the one door through which generated secrets enter the process."""
+
+    def __init__(self, client: DigitalOceanClient) -> None:
+        self._client = client
+
+    async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster:
+        return _registered(await self._client.create_cluster(body))
+
+    async def get_cluster(self, cluster_id: str) -> DatabaseCluster:
+        return _registered(await self._client.get_cluster(cluster_id))
+
+    async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
+        return [_registered(c) for c in await self._client.list_clusters(tag_name)]
+
+    async def get_options(self) -> DatabaseOptions:
+        return await self._client.get_options()
+
+    async def get_ca(self, cluster_id: str) -> CaCertificate:
+        return await self._client.get_ca(cluster_id)
+
+    async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser:
+        created = await self._client.add_user(cluster_id, user)
+        _register_user(created)
+        return created
+
+    async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
+        return await self._client.add_database(cluster_id, name)
+
+
+def _register_user(user: DatabaseUser) -> None:
+    for value in (user.password, user.access_key):
+        if value:
+            register_secret(value)
+
+
+def _registered(cluster: DatabaseCluster) -> DatabaseCluster:
+    connections = (
+        cluster.connection,
+        cluster.private_connection,
+        cluster.standby_connection,
+        cluster.standby_private_connection,
+        cluster.ui_connection,
+        cluster.schema_registry_connection,
+    )
+    for connection in connections:
+        if connection is not None and connection.password:
+            register_secret(connection.password)
+    for user in cluster.users or []:
+        _register_user(user)
+    return cluster
+
+
 class Service:
     """One replica: a consumer set for commands and one for watches."""
 
@@ -99,6 +162,7 @@ class Service:
             limiter=self.limiter,
             observer=self._observe_api_call,
         )
+        self.api = SecretRegisteringApi(self.client)
         self.token_accepted = True
         self.http_port: int | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -137,25 +201,26 @@ class Service:
             observer=self.metrics.observe_event_published,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
+        snapshot = (
+            ClusterSnapshot(self.api, s.managed_tag, max_age_s=min(1.0, s.poll_interval_s / 4))
+            if s.poll_mode == "list"
+            else None
+        )
         commands = CommandHandler(
-            api=self.client,
+            api=self.api,
             events=publisher,
             work=publisher,
             factory=factory,
-            offer=OfferCheck(self.client, s.options_ttl_s),
+            offer=OfferCheck(self.api, s.options_ttl_s),
+            snapshot=snapshot,
             managed_tag=s.managed_tag,
             create_timeout_s=s.create_timeout_s,
             max_attempts=s.max_command_attempts,
             max_message_bytes=s.max_message_bytes,
             on_unauthorized=self._on_unauthorized,
         )
-        snapshot = (
-            ClusterSnapshot(self.client, s.managed_tag, max_age_s=min(1.0, s.poll_interval_s / 4))
-            if s.poll_mode == "list"
-            else None
-        )
         watches = WatchHandler(
-            api=self.client,
+            api=self.api,
             events=publisher,
             work=publisher,
             factory=factory,
@@ -178,6 +243,7 @@ class Service:
             watches,
             batch_max=s.watch_prefetch,
             on_outcome=self._count_watch,
+            on_in_flight=self.metrics.watches_in_flight.set,
         )
         await self._watches.start()
         await self._commands.start()

@@ -161,12 +161,15 @@ class WatchConsumer(_Consumer):
         batch_max: int,
         linger_s: float = 0.05,
         on_outcome: Callable[[WatchOutcome], None] | None = None,
+        on_in_flight: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(channel, queue, prefetch)
         self._handler = handler
         self._batch_max = batch_max
         self._linger_s = linger_s
         self._on_outcome = on_outcome
+        self._on_in_flight = on_in_flight
+        self._in_flight = 0
         self._buffer: list[tuple[AbstractIncomingMessage, WatchState]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
 
@@ -197,7 +200,21 @@ class WatchConsumer(_Consumer):
         self._flush()
         return await super().drain(grace_s)
 
+    def _count(self, delta: int) -> None:
+        self._in_flight += delta
+        if self._on_in_flight is not None:
+            self._on_in_flight(self._in_flight)
+
     async def _handle(self, batch: list[tuple[AbstractIncomingMessage, WatchState]]) -> None:
+        self._count(len(batch))
+        try:
+            await self._handle_counted(batch)
+        finally:
+            self._count(-len(batch))
+
+    async def _handle_counted(
+        self, batch: list[tuple[AbstractIncomingMessage, WatchState]]
+    ) -> None:
         try:
             outcomes = await self._handler.handle_batch([w for _, w in batch])
         except asyncio.CancelledError:

@@ -8,6 +8,7 @@ the redelivery harmless: one request, one cluster.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ import structlog
 from msgspec import Struct
 
 from contracts.commands import COMMAND_CONTENT_TYPE, ProvisionDatabase, decode_command
-from contracts.digitalocean import DatabaseCluster
+from contracts.digitalocean import DatabaseCluster, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
 from contracts.events import ApiErrorDetail
 from service.digitalocean import (
@@ -34,13 +35,15 @@ from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import ATTEMPT_HEADER, WatchState
 from service.provisioning.options import OfferCheck
 from service.provisioning.ports import ClusterApi, Delivery, EventBus, WorkQueues
+from service.provisioning.watch import ClusterSnapshot
 
-__all__ = ["CommandHandler", "CommandOutcome", "request_tag"]
+__all__ = ["CommandHandler", "CommandOutcome", "request_tag", "spec_tag"]
 
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["accepted", "adopted", "rejected", "failed", "retried", "requeued"]
 TRANSIENT: Final = (RateLimited, ServerError, TransportError, AmbiguousCreate)
+PRECHECK_TIMEOUT_S: Final = 5.0
 JSON_TYPES: Final = frozenset({COMMAND_CONTENT_TYPE, "text/json"})
 
 
@@ -56,6 +59,16 @@ def request_tag(managed_tag: str, request_id: str) -> str:
     letters, digits, ``:``, ``-`` and ``_``; a hash keeps any request id within that)."""
     digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
     return f"{managed_tag}:req:{digest}"
+
+
+def spec_tag(managed_tag: str, cluster: DatabaseClusterCreate) -> str:
+    """The tag that fingerprints what a request asked for, so that a request_id reused with
+    a different cluster is refused instead of being handed the first one's cluster."""
+    digest = hashlib.sha256(_encoder.encode(cluster)).hexdigest()[:32]
+    return f"{managed_tag}:spec:{digest}"
+
+
+_encoder = msgspec.json.Encoder()
 
 
 def _attempt(delivery: Delivery) -> int:
@@ -89,6 +102,7 @@ class CommandHandler:
         work: WorkQueues,
         factory: EventFactory,
         offer: OfferCheck,
+        snapshot: ClusterSnapshot | None,
         managed_tag: str,
         create_timeout_s: float,
         max_attempts: int,
@@ -101,6 +115,7 @@ class CommandHandler:
         self._work = work
         self._factory = factory
         self._offer = offer
+        self._snapshot = snapshot  # None: the account may not list; rely on the 422 alone
         self._managed_tag = managed_tag
         self._create_timeout_s = create_timeout_s
         self._max_attempts = max_attempts
@@ -151,31 +166,35 @@ class CommandHandler:
     async def _provision(
         self, delivery: Delivery, command: ProvisionDatabase, attempt: int
     ) -> CommandOutcome:
-        tag = request_tag(self._managed_tag, command.request_id)
+        mine = request_tag(self._managed_tag, command.request_id)
+        spec = spec_tag(self._managed_tag, command.cluster)
         body = command.cluster.api_body(managed_tag=self._managed_tag)
-        body = msgspec.structs.replace(body, tags=[*(body.tags or []), tag])
-        outcome: Outcome = "accepted"
+        body = msgspec.structs.replace(body, tags=[*(body.tags or []), mine, spec])
         try:
-            try:
-                cluster = await self._api.create_cluster(body)
-            except Unprocessable as exc:
-                # Most often the name is taken, by the cluster an earlier delivery of this
-                # very request created (crash before ack, ambiguous create): adopt it.
-                existing = await self._find_by_name(command.cluster.name)
-                if existing is None:
-                    return await self._fail_api(delivery, command, exc, attempt)
-                if tag not in (existing.tags or []):
-                    return await self._fail(
-                        delivery,
-                        command,
-                        "api_error",
-                        f"the name {command.cluster.name!r} is taken by a cluster this "
-                        "request did not create",
-                        cluster_id=existing.id,
-                        api_error=api_error_detail(exc),
-                    )
-                cluster, outcome = existing, "adopted"
-                log.info("cluster_adopted", cluster_id=cluster.id)
+            # A cluster this request already created (a redelivery, a producer's retry):
+            # a recent list answers it without a doomed POST.
+            cluster = await self._created_by(mine)
+            outcome: Outcome = "adopted"
+            if cluster is None:
+                try:
+                    cluster = await self._api.create_cluster(body)
+                    outcome = "accepted"
+                except Unprocessable as exc:
+                    # Most often the name is taken, by the cluster an earlier delivery of this
+                    # very request created (crash before ack, ambiguous create): adopt it.
+                    cluster = await self._find_by_name(command.cluster.name)
+                    if cluster is None:
+                        return await self._fail_api(delivery, command, exc, attempt)
+                    if mine not in (cluster.tags or []):
+                        return await self._fail(
+                            delivery,
+                            command,
+                            "api_error",
+                            f"the name {command.cluster.name!r} is taken by a cluster this "
+                            "request did not create",
+                            cluster_id=cluster.id,
+                            api_error=api_error_detail(exc),
+                        )
         except Unauthorized:
             await self._on_unauthorized()
             return CommandOutcome("requeued", "requeue")
@@ -183,8 +202,34 @@ class CommandHandler:
             return await self._retry_or_fail(delivery, command, attempt, exc)
         except ApiError as exc:
             return await self._fail_api(delivery, command, exc, attempt)
+        if outcome == "adopted":
+            if spec not in (cluster.tags or []):
+                return await self._fail(
+                    delivery,
+                    command,
+                    "request_conflict",
+                    f"request_id {command.request_id!r} was already used for a different "
+                    f"cluster ({cluster.name!r}); use a new request_id for a new cluster",
+                    cluster_id=cluster.id,
+                )
+            log.info("cluster_adopted", cluster_id=cluster.id)
         await self._start_watching(delivery, command, cluster)
         return CommandOutcome(outcome, "ack")
+
+    async def _created_by(self, tag: str) -> DatabaseCluster | None:
+        if self._snapshot is None:
+            return None
+        try:
+            # Only an optimisation and a conflict check: when the list is slow or failing,
+            # go on to the POST, whose 422 still catches a cluster this request created.
+            clusters = await asyncio.wait_for(self._snapshot.clusters(), PRECHECK_TIMEOUT_S)
+        except (ApiError, TimeoutError) as exc:
+            log.info("precheck_skipped", error=str(exc) or type(exc).__name__)
+            return None
+        for cluster in clusters.values():
+            if tag in (cluster.tags or []):
+                return cluster
+        return None
 
     async def _find_by_name(self, name: str) -> DatabaseCluster | None:
         for cluster in await self._api.list_clusters(tag_name=self._managed_tag):
@@ -252,7 +297,7 @@ class CommandHandler:
         self,
         delivery: Delivery,
         command: ProvisionDatabase,
-        reason: Literal["api_error", "retries_exhausted"],
+        reason: Literal["api_error", "retries_exhausted", "request_conflict"],
         message: str,
         *,
         cluster_id: str | None = None,

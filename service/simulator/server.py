@@ -221,6 +221,9 @@ class Simulator:
         endpoint = self._endpoint(request)
         request_id = str(uuid.uuid4())
         if config.latency_s > 0:
+            # The body is in before the slowness, as on the real API: a client that gives
+            # up during the latency does not undo a create it already sent.
+            await request.read()
             stats.faults["latency"] += 1
             await asyncio.sleep(config.latency_s)
 

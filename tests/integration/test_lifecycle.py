@@ -143,3 +143,50 @@ async def test_broker_connections_cut_mid_run_reconnect_and_finish_everything(
     assert all(isinstance(final(seen, rid), ConnectionReady) for rid in ids)
     assert sim.stats().clusters == {"online": len(ids)}
     assert await message_count(amqp, "provisioner.dead-letter") == 0
+
+
+async def test_no_token_or_generated_secret_reaches_the_service_logs(
+    amqp_url: str,
+    amqp: AbstractRobustConnection,
+    events: EventRecorder,
+    simulator_factory: SimulatorFactory,
+) -> None:
+    """A whole run at DEBUG, with faults, users and a Kafka user's key: the log holds none
+    of the token, the generated passwords or the private keys."""
+    sim = await simulator_factory(
+        SimulatorConfig(
+            ready_after_s=0.5, fail_500_fraction=0.2, drop_fraction=0.1, token="tok-" + "s3cr3t" * 6
+        )
+    )
+    env = _service_env(amqp_url, sim)
+    env["PROVISIONER_LOG_LEVEL"] = "DEBUG"
+    process = await _start_process(env)
+    log: list[bytes] = []
+    ids = ["leak-pg", "leak-kafka", "leak-mysql"]
+    try:
+        await asyncio.wait_for(_read_until(process, b"service_started", log), 30)
+        reader = asyncio.create_task(_read_until(process, b"service_stopped", log))
+        await publish(amqp, command("leak-pg", "pg"))
+        await publish(amqp, command("leak-kafka", "kafka"))
+        await publish(amqp, command("leak-mysql", "mysql"))
+        seen = await events.wait_for(all_final(ids), timeout=90)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        await asyncio.wait_for(reader, 5)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    secrets = {sim.config.token}
+    for event in seen:
+        if isinstance(event, ConnectionReady):
+            for conn in (event.data.connection, event.data.private_connection):
+                if conn is not None and conn.password:
+                    secrets.add(conn.password)
+            for user in event.data.users:
+                secrets.update(v for v in (user.password, user.access_key) if v)
+    assert len(secrets) >= 7  # the token, three admins, the requested users, a Kafka key
+    text = b"".join(log).decode(errors="replace")
+    assert "connection_ready" in text  # the log did cover the whole flow
+    leaked = [s[:6] + "…" for s in secrets if s in text]
+    assert not leaked, f"secrets found in the service log: {leaked}"

@@ -17,7 +17,7 @@ from contracts.digitalocean import DatabaseClusterCreate
 from contracts.events import ConnectionReady, Failed, Rejected, StatusChanged
 from service.broker.topology import message_count
 from service.digitalocean import DigitalOceanClient
-from service.provisioning.commands import request_tag
+from service.provisioning.commands import request_tag, spec_tag
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
 from tests.integration.service_harness import (
@@ -134,7 +134,10 @@ async def test_redelivered_command_adopts_existing_cluster(
     redelivery must adopt that cluster, not create a second one."""
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.3))
     cmd = command("adopt-1", "pg")
-    cluster_id = await _precreate(sim, cmd, ["provisioner", request_tag("provisioner", "adopt-1")])
+    spec = spec_tag("provisioner", msgspec.convert(cmd["cluster"], DatabaseClusterCreate))
+    cluster_id = await _precreate(
+        sim, cmd, ["provisioner", request_tag("provisioner", "adopt-1"), spec]
+    )
     async with running_service(settings_for(amqp_url, sim)):
         await publish(amqp, cmd)
         seen = await events.wait_for(all_final(["adopt-1"]), timeout=30)
@@ -164,6 +167,29 @@ async def test_name_taken_by_another_cluster_fails_instead_of_adopting(
     assert failed.data.api_error is not None and failed.data.api_error.status == 422
 
 
+async def test_request_id_reused_for_a_different_cluster_fails_and_creates_nothing(
+    amqp_url: str,
+    amqp: AbstractRobustConnection,
+    events: EventRecorder,
+    simulator_factory: SimulatorFactory,
+) -> None:
+    sim = await simulator_factory(SimulatorConfig(ready_after_s=0.3))
+    first = command("reused-1", "pg")
+    second = command("reused-1", "pg", cluster={"name": "another-name"})
+    async with running_service(settings_for(amqp_url, sim)):
+        await publish(amqp, first)
+        await events.wait_for(all_final(["reused-1"]), timeout=30)
+        await publish(amqp, second)
+        seen = await events.wait_for(
+            lambda evs: any(isinstance(e, Failed) for e in evs), timeout=30
+        )
+    failed = next(e for e in seen if isinstance(e, Failed))
+    assert failed.data.reason == "request_conflict"
+    assert "already used" in failed.data.message
+    assert sim.stats().clusters == {"online": 1}
+    assert sim.stats().count(CREATE) == 1
+
+
 @pytest.mark.parametrize("fault", ["fail_500_fraction", "fail_429_fraction"])
 async def test_transient_api_errors_retry_through_the_delay_queue_then_succeed(
     fault: str,
@@ -177,7 +203,7 @@ async def test_transient_api_errors_retry_through_the_delay_queue_then_succeed(
     settings = settings_for(amqp_url, sim, retry_delays_s=(0.3, 0.3, 0.3, 0.3, 0.3))
     async with running_service(settings):
         await publish(amqp, command("flaky-1", "mysql"))
-        await wait_until(lambda: sim.stats().count(CREATE) >= 1, timeout=10)
+        await wait_until(lambda: sim.stats().count(CREATE) >= 1, timeout=40)
         setattr(sim.config, fault, 0.0)
         seen = await events.wait_for(all_final(["flaky-1"]), timeout=30)
     assert isinstance(final(seen, "flaky-1"), ConnectionReady)
