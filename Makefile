@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: demo test lint typecheck unit broker node chaos clean
+.PHONY: demo test lint typecheck unit broker node chaos bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ demo: $(INSTALLED) broker
 
 test: $(INSTALLED) $(NODE_INSTALLED) broker lint typecheck
 	$(BIN)/pytest
+
+# The full chaos run (several replicas, faults, kills, broker cuts); `make test` runs a
+# reduced one.
+chaos: $(INSTALLED) broker
+	$(BIN)/python -m tests.chaos.run --requests 300
+
+# Every benchmark at full size, then at --quick size; each prints a JSON line last.
+bench: $(INSTALLED) broker
+	for b in api_economy throughput memory latency; do $(BIN)/python -m bench.$$b || exit 1; done
+
+bench-quick: $(INSTALLED) broker
+	for b in api_economy throughput memory latency; do $(BIN)/python -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
