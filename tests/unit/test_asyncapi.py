@@ -273,6 +273,20 @@ def test_operations_receive_commands_and_send_events_and_replies(
     assert receive["reply"]["channel"] == {"$ref": "#/channels/replyTo"}
 
 
+def test_document_names_what_the_service_declares_on_the_broker() -> None:
+    # The contracts cannot import the service; this keeps the two lists of names in step.
+    from service.broker.topology import Topology
+    from service.provisioning.messages import REJECTION_HEADER
+
+    topology = Topology()
+    assert topology.commands_exchange == COMMAND_EXCHANGE
+    assert topology.command_routing_key == COMMAND_ROUTING_KEY
+    assert topology.requests_queue == REQUEST_QUEUE
+    assert topology.events_exchange == EVENT_EXCHANGE
+    assert topology.rejected_queue == REJECTED_QUEUE
+    assert REJECTION_HEADER == REJECTION_REASON_HEADER
+
+
 # --- schemas generated from the Structs -----------------------------------------------------
 
 
