@@ -21,10 +21,10 @@ from contracts.digitalocean import (
     DatabaseUser,
     DatabaseUserCreate,
     FirewallRule,
-    KafkaAcl,
+    KafkaAclRead,
     MaintenanceWindow,
-    MySQLSettings,
-    UserSettings,
+    MySQLSettingsRead,
+    UserSettingsRead,
 )
 from contracts.rules import USER_SETTING_ENGINES, check_cluster
 from service.simulator import credentials
@@ -244,24 +244,26 @@ class Account:
             name=body.name,
             role="normal",
             password=credentials.generate_password(),
-            mysql_settings=body.mysql_settings,
-            settings=body.settings,
+            mysql_settings=_as_read(body.mysql_settings, MySQLSettingsRead),
+            settings=_as_read(body.settings, UserSettingsRead),
         )
         if cluster.engine in _MYSQL_ENGINES and user.mysql_settings is None:
             # MySQL 8 creates users with its default plugin; the API reports it.
-            user.mysql_settings = MySQLSettings(auth_plugin="caching_sha2_password")
+            user.mysql_settings = MySQLSettingsRead(auth_plugin="caching_sha2_password")
         if cluster.engine == "kafka":
             user.access_cert = credentials.kafka_access_cert()
             user.access_key = credentials.kafka_access_key()
             if body.settings is not None and body.settings.acl is not None:
                 # ACL ids are computed by DigitalOcean.
                 acl = [
-                    KafkaAcl(topic=a.topic, permission=a.permission, id=f"acl{self._hex(12)}")
+                    KafkaAclRead(topic=a.topic, permission=a.permission, id=f"acl{self._hex(12)}")
                     for a in body.settings.acl
                 ]
-                user.settings = msgspec.structs.replace(body.settings, acl=acl)
+                user.settings = msgspec.structs.replace(
+                    user.settings or UserSettingsRead(), acl=acl
+                )
         if cluster.engine in ("pg", "advanced_pg"):
-            settings = user.settings or UserSettings()
+            settings = user.settings or UserSettingsRead()
             if settings.pg_allow_replication is None:
                 # The spec: omitted means false.
                 user.settings = msgspec.structs.replace(settings, pg_allow_replication=False)
@@ -316,3 +318,11 @@ def _base_storage_mib(size: str) -> int:
         if part.endswith("gb") and part[:-2].isdigit():
             return int(part[:-2]) * 10 * 1024
     return 10 * 1024
+
+
+_Read = TypeVar("_Read", bound=msgspec.Struct)
+
+
+def _as_read(value: msgspec.Struct | None, read_type: type[_Read]) -> _Read | None:
+    """A request-side struct as its lenient read-side twin (what the API echoes back)."""
+    return None if value is None else msgspec.convert(msgspec.to_builtins(value), read_type)

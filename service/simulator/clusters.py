@@ -18,6 +18,7 @@ from contracts.digitalocean import (
     DatabaseConnection,
     DatabaseUser,
     DoSettings,
+    DoSettingsRead,
     FirewallRule,
     MaintenanceWindow,
     ServiceConnection,
@@ -260,5 +261,9 @@ class ClusterRecord:
             version_end_of_availability=self.version_end_of_availability,
             storage_size_mib=self.storage_size_mib,
             metrics_endpoints=metrics,
-            do_settings=self.do_settings,
+            do_settings=(
+                DoSettingsRead(service_cnames=self.do_settings.service_cnames)
+                if self.do_settings is not None
+                else None
+            ),
         )

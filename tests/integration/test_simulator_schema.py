@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 # No stubs in the dev dependencies (types-jsonschema would add them).
-from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, FormatChecker
 
 from service.simulator import Simulator
 from tests.fixtures.simulator import SimulatorFactory, api_session
