@@ -15,7 +15,7 @@ from contracts.errors import FieldError
 if TYPE_CHECKING:
     from contracts.commands import ProvisionDatabase
 
-__all__ = ["READ_ONLY_FIELDS", "check_cluster", "check_command"]
+__all__ = ["READ_ONLY_FIELDS", "check_cluster", "check_command", "user_settings_present"]
 
 # Fields the spec marks readOnly on each object we accept. ``users`` and ``db_names`` are
 # read-only on the cluster too, but this service accepts them and applies them once the
@@ -117,7 +117,7 @@ def _check_users(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:
             errors.append(
                 FieldError(f"{where}.name", f"duplicate user name {user.name!r} (as users[{j}])")
             )
-        for setting in _user_settings_present(user):
+        for setting in user_settings_present(user):
             engines = USER_SETTING_ENGINES[setting]
             if engine not in engines:
                 names = " and ".join(f"`{e}`" for e in sorted(engines))
@@ -131,7 +131,8 @@ def _check_users(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:
     return errors
 
 
-def _user_settings_present(user: DatabaseUserCreate) -> list[str]:
+def user_settings_present(user: DatabaseUserCreate) -> list[str]:
+    """The engine-specific settings a user sets, as keys of ``USER_SETTING_ENGINES``."""
     present = []
     if user.mysql_settings is not None:
         present.append("mysql_settings")
@@ -139,14 +140,9 @@ def _user_settings_present(user: DatabaseUserCreate) -> list[str]:
         present.append("readonly")
     s = user.settings
     if s is not None:
-        if s.pg_allow_replication is not None:
-            present.append("settings.pg_allow_replication")
-        if s.opensearch_acl is not None:
-            present.append("settings.opensearch_acl")
-        if s.acl is not None:
-            present.append("settings.acl")
-        if s.mongo_user_settings is not None:
-            present.append("settings.mongo_user_settings")
+        for name in ("pg_allow_replication", "opensearch_acl", "acl", "mongo_user_settings"):
+            if getattr(s, name) is not None:
+                present.append(f"settings.{name}")
     return present
 
 

@@ -26,7 +26,7 @@ from contracts.digitalocean import (
     MySQLSettingsRead,
     UserSettingsRead,
 )
-from contracts.rules import USER_SETTING_ENGINES, check_cluster
+from contracts.rules import USER_SETTING_ENGINES, check_cluster, user_settings_present
 from service.simulator import credentials
 from service.simulator.clusters import ENGINE_PROFILES, HOST_DOMAIN, ClusterRecord, host_label
 from service.simulator.config import SimulatorConfig
@@ -234,7 +234,7 @@ class Account:
         if not cluster.profile.manages_users:
             raise unprocessable(f"user management is not supported for {cluster.engine} clusters")
         body = decode_body(raw, DatabaseUserCreate)
-        for setting in _settings_present(body):
+        for setting in user_settings_present(body):
             if cluster.engine not in USER_SETTING_ENGINES[setting]:
                 raise unprocessable(f"{setting} is not supported for {cluster.engine} clusters")
         _require_online(cluster, now)
@@ -296,20 +296,6 @@ def _require_online(cluster: ClusterRecord, now: float) -> None:
     status = cluster.status(now)
     if status != "online":
         raise ApiError(409, "conflict", f"cluster is not online yet (status {status})")
-
-
-def _settings_present(user: DatabaseUserCreate) -> list[str]:
-    present = []
-    if user.mysql_settings is not None:
-        present.append("mysql_settings")
-    if user.readonly is not None:
-        present.append("readonly")
-    s = user.settings
-    if s is not None:
-        for name in ("pg_allow_replication", "opensearch_acl", "acl", "mongo_user_settings"):
-            if getattr(s, name) is not None:
-                present.append(f"settings.{name}")
-    return present
 
 
 def _base_storage_mib(size: str) -> int:
