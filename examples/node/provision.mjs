@@ -71,6 +71,7 @@ async function main() {
   const url = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672/';
   const timeoutS = Number(process.env.TIMEOUT_S ?? '600');
   const showSecrets = process.env.SHOW_SECRETS === '1';
+  if (!(timeoutS > 0)) throw new Error('TIMEOUT_S must be a positive number of seconds');
   const command = await readCommand(process.argv[2]);
   command.request_id ??= randomUUID();
   const requestId = command.request_id;
@@ -104,7 +105,14 @@ async function main() {
       seen.add(key);
       console.log(JSON.stringify(showSecrets ? event : masked(event)));
     };
-    const parse = (message) => JSON.parse(message.content.toString('utf8'));
+    // Anyone may publish on the events exchange: skip what is not JSON instead of crashing.
+    const parse = (message) => {
+      try {
+        return JSON.parse(message.content.toString('utf8'));
+      } catch {
+        return null;
+      }
+    };
 
     // A plain subscriber: every cluster event of every producer; we pick out our request.
     // The exclusive queues die with the connection, so acknowledging buys nothing here.
@@ -113,7 +121,7 @@ async function main() {
       (message) => {
         if (message === null) return; // the broker cancelled the consumer
         const event = parse(message);
-        if (event.data?.request_id === requestId) show(event);
+        if (event?.data?.request_id === requestId) show(event);
       },
       { noAck: true },
     );
@@ -128,6 +136,7 @@ async function main() {
       (message) => {
         if (message === null || message.properties.correlationId !== correlationId) return;
         const event = parse(message);
+        if (event === null) return;
         show(event);
         if (event.type in EXIT_CODES) finish(EXIT_CODES[event.type]);
       },
@@ -162,7 +171,8 @@ async function main() {
     if (code === EXIT_TIMEOUT) console.error(`no final event within ${timeoutS} s`);
     return code;
   } finally {
-    await connection.close();
+    // Fails only when the broker already closed it; the error that matters came first.
+    await connection.close().catch(() => {});
   }
 }
 

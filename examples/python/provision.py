@@ -119,7 +119,13 @@ async def provision(
         if type(event) in codes and not done.done():
             done.set_result(codes[type(event)])
 
+    def on_close(_sender: object, exc: BaseException | None) -> None:
+        # A broker that goes away ends the wait now rather than at the timeout.
+        if not done.done():
+            done.set_exception(ConnectionError(f"the broker closed the connection: {exc}"))
+
     async with await aio_pika.connect(url, timeout=10) as connection:
+        connection.close_callbacks.add(on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         # The service owns the exchanges: check they are there, never declare them.
         commands = await channel.get_exchange(COMMANDS_EXCHANGE, ensure=True)
