@@ -44,7 +44,7 @@ class Finished(msgspec.Struct, frozen=True):
     stdout: str
     stderr: str
 
-    def events(self) -> list[dict[str, Any]]:
+    def printed(self) -> list[dict[str, Any]]:
         """The JSON lines it printed on stdout."""
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
@@ -76,7 +76,10 @@ async def run_example(
 
 
 def node(*args: str) -> list[str]:
+    """The command line that runs the Node.js example."""
     assert NODE is not None
+    if not (REPO / "node_modules" / "amqplib").is_dir():
+        pytest.fail("amqplib is not installed: run `make node` (npm install --no-package-lock)")
     return [NODE, str(NODE_EXAMPLE), *args]
 
 
@@ -89,7 +92,8 @@ def secrets_of(ready: ConnectionReady) -> list[str]:
     return found
 
 
-async def simulator(factory: SimulatorFactory) -> Simulator:
+async def fast_simulator(factory: SimulatorFactory) -> Simulator:
+    """A simulator whose clusters come online after 0.3 s."""
     return await factory(SimulatorConfig(ready_after_s=0.3))
 
 
@@ -98,7 +102,7 @@ async def assert_ready_without_secrets(
 ) -> None:
     """Exit 0, the request's status changes and connection_ready printed, no password."""
     assert finished.returncode == 0, finished.stderr
-    printed = finished.events()
+    printed = finished.printed()
     assert {e["data"]["request_id"] for e in printed} == {request_id}
     assert [e["type"] for e in printed] == [
         "database.cluster.status_changed",
@@ -123,7 +127,7 @@ async def test_node_example_prints_its_requests_events_until_connection_ready_wi
     amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
 ) -> None:
     body = json.dumps(command("node-ok", "pg", cluster=SMALL_PG)).encode()
-    async with running_service(settings_for(amqp_url, await simulator(simulator_factory))):
+    async with running_service(settings_for(amqp_url, await fast_simulator(simulator_factory))):
         finished = await run_example(node("-"), amqp_url, stdin=body)
     await assert_ready_without_secrets(finished, events, "node-ok")
     assert "published request node-ok" in finished.stderr
@@ -134,14 +138,14 @@ async def test_node_example_shows_passwords_only_when_asked(
     amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
 ) -> None:
     body = json.dumps(command("node-secrets", "pg", cluster=SMALL_PG)).encode()
-    async with running_service(settings_for(amqp_url, await simulator(simulator_factory))):
+    async with running_service(settings_for(amqp_url, await fast_simulator(simulator_factory))):
         finished = await run_example(node("-"), amqp_url, stdin=body, show_secrets=True)
     assert finished.returncode == 0, finished.stderr
     seen = await events.wait_for(all_final(["node-secrets"]), timeout=10)
     ready = final(seen, "node-secrets")
     assert isinstance(ready, ConnectionReady)
     assert ready.data.connection is not None and ready.data.connection.password
-    assert finished.events()[-1]["data"]["connection"]["password"] == (
+    assert finished.printed()[-1]["data"]["connection"]["password"] == (
         ready.data.connection.password
     )
 
@@ -151,11 +155,11 @@ async def test_node_example_exits_3_with_the_rejection_of_a_bad_command(
     amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
 ) -> None:
     bad = command("node-bad", "pg", cluster={**SMALL_PG, "num_nodes": 0})
-    sim = await simulator(simulator_factory)
+    sim = await fast_simulator(simulator_factory)
     async with running_service(settings_for(amqp_url, sim)):
         finished = await run_example(node("-"), amqp_url, stdin=json.dumps(bad).encode())
     assert finished.returncode == 3, finished.stderr
-    (rejected,) = finished.events()
+    (rejected,) = finished.printed()
     assert rejected["type"] == "database.cluster.rejected"
     assert rejected["data"]["request_id"] == "node-bad"
     paths = {error["path"] for error in rejected["data"]["errors"]}
@@ -176,8 +180,8 @@ async def test_node_example_fails_clearly_when_the_service_topology_is_missing(
 async def test_python_example_prints_its_requests_events_until_connection_ready_without_passwords(
     amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
 ) -> None:
-    async with running_service(settings_for(amqp_url, await simulator(simulator_factory))):
+    async with running_service(settings_for(amqp_url, await fast_simulator(simulator_factory))):
         finished = await run_example([sys.executable, str(PYTHON_EXAMPLE)], amqp_url)
     assert finished.returncode == 0, finished.stderr
-    request_id = finished.events()[0]["data"]["request_id"]
+    request_id = finished.printed()[0]["data"]["request_id"]
     await assert_ready_without_secrets(finished, events, request_id)
