@@ -82,10 +82,14 @@ class RabbitPublisher:
             correlation_id=correlation_id,
         )
         exchange = await self._events_exchange()
-        await exchange.publish(message, event.routing_key, timeout=self._timeout_s)
+        # Not mandatory (aio-pika's default is mandatory): an events exchange nobody
+        # listens to yet is normal, and a producer whose reply queue went away must not
+        # block its own request.
+        await exchange.publish(message, event.routing_key, mandatory=False, timeout=self._timeout_s)
         if reply_to:
-            # Not mandatory: a producer that went away must not block its own request.
-            await self._channel.default_exchange.publish(message, reply_to, timeout=self._timeout_s)
+            await self._channel.default_exchange.publish(
+                message, reply_to, mandatory=False, timeout=self._timeout_s
+            )
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
 
