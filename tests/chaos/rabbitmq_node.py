@@ -48,6 +48,8 @@ class NodeTls(Struct, frozen=True, kw_only=True):
     cert_file: Path
     key_file: Path
     require_client_cert: bool = True
+    plain_listener: bool = False
+    """Also listen for plain AMQP; off by default, so TLS is the only way in."""
 
 
 def server_script() -> str | None:
@@ -103,8 +105,11 @@ class RabbitNode:
         (root / "rabbitmq.conf").write_text(self._config())
 
     def _config(self) -> str:
+        plain = self.tls is None or self.tls.plain_listener
         lines = [
-            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}",
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}"
+            if plain
+            else "listeners.tcp = none",
             # A test machine's disk may be fuller than the 50 MB default cares about.
             "disk_free_limit.absolute = 1MB",
             "log.console = false",
@@ -136,6 +141,10 @@ class RabbitNode:
         """``amqp://guest:guest@127.0.0.1:PORT/VHOST``."""
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/{vhost}"
 
+    def amqps_url(self, query: str, vhost: str = "") -> str:
+        """``amqps://guest:guest@127.0.0.1:TLS_PORT/VHOST?QUERY`` (the TLS listener)."""
+        return f"amqps://guest:guest@127.0.0.1:{self.amqps_port}/{vhost}?{query}"
+
     def _env(self) -> dict[str, str]:
         root = self.root
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
@@ -144,8 +153,6 @@ class RabbitNode:
                 "HOME": str(root / "home"),  # the Erlang cookie lives here, not in ~root
                 "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
                 "RABBITMQ_NODENAME": self.name,
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                "RABBITMQ_NODE_PORT": str(self.amqp_port),
                 "RABBITMQ_DIST_PORT": str(self.dist_port),
                 "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
                 "RABBITMQ_LOG_BASE": str(root / "log"),
