@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import Meta, Struct
 
 from contracts import rules
 from contracts._structure import StructureChecker
-from contracts.digitalocean import HOSTNAME, UUID_OR_EMPTY, DatabaseClusterCreate
+from contracts.digitalocean import ENGINES, HOSTNAME, UUID_OR_EMPTY, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
 
 __all__ = [
@@ -83,7 +83,7 @@ def decode_command(
         raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
     errors = _checker.check(raw, ProvisionDatabase)
     if errors:
-        raise InvalidCommand(errors)
+        raise InvalidCommand(errors + _rules_despite(raw, errors))
     try:
         command = msgspec.convert(raw, ProvisionDatabase)
     except msgspec.ValidationError as exc:  # the checker should have caught it; never crash
@@ -92,6 +92,54 @@ def decode_command(
     if errors:
         raise InvalidCommand(errors)
     return command
+
+
+def _rules_despite(raw: Any, errors: list[FieldError]) -> list[FieldError]:
+    """The rule errors of a command that also has type errors, so that one round trip
+    tells the producer everything: the rules run on the cluster with every bad part left
+    out, and any rule error touching a bad part is dropped (it could be an artefact)."""
+    cluster = raw.get("cluster") if isinstance(raw, dict) else None
+    if not isinstance(cluster, dict) or cluster.get("engine") not in ENGINES:
+        return []
+    bad = {e.path for e in errors}
+    pruned = _without(cluster, "$.cluster", bad)
+    for name, placeholder in _PLACEHOLDERS.items():
+        pruned.setdefault(name, placeholder)
+    bad |= {f"$.cluster.{name}" for name in _PLACEHOLDERS if name not in cluster}
+    try:
+        typed = msgspec.convert(pruned, DatabaseClusterCreate)
+    except msgspec.ValidationError:
+        # A broken user is the usual cause: judge the cluster without its users.
+        pruned.pop("users", None)
+        bad.add("$.cluster.users")
+        try:
+            typed = msgspec.convert(pruned, DatabaseClusterCreate)
+        except msgspec.ValidationError:
+            return []  # too broken to say more; the type errors come first
+    return [
+        e
+        for e in rules.check_cluster(typed, "$.cluster")
+        if not any(_related(e.path, b) for b in bad)
+    ]
+
+
+# Stand-ins for missing required fields; no rule reads a value of these, so they cannot
+# cause a rule error of their own (num_nodes is checked against them, and dropped).
+_PLACEHOLDERS: Final[dict[str, Any]] = {"name": "-", "size": "-", "region": "-", "num_nodes": 1}
+
+
+def _without(value: Any, path: str, bad: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without(v, f"{path}.{k}", bad) for k, v in value.items() if f"{path}.{k}" not in bad
+        }
+    if isinstance(value, list):
+        return [_without(v, f"{path}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
 
 
 def _bad_utf8(data: bytes | bytearray | memoryview) -> int:
