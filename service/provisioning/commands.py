@@ -79,16 +79,38 @@ def _attempt(delivery: Delivery) -> int:
         return 1
 
 
-def _peek_request_id(body: bytes) -> str | None:
-    # For a rejected command: its request_id, when the JSON is readable enough to have one.
-    class _Peek(Struct):
-        request_id: str | None = None
+class _Peek(Struct):
+    """What a rejected command can still tell: its request_id and metadata, if readable."""
 
+    request_id: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _peek(body: bytes, max_bytes: int) -> _Peek:
+    # Each part is echoed only when it is valid on its own, so an event never carries
+    # something the contract would refuse.
+    if len(body) > max_bytes:
+        return _Peek()
     try:
-        rid = msgspec.json.decode(body, type=_Peek).request_id
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
-        return None
-    return rid if rid and len(rid) <= 128 else None
+        raw = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return _Peek()
+    if not isinstance(raw, dict):
+        return _Peek()
+    peek = _Peek()
+    rid, metadata = raw.get("request_id"), raw.get("metadata")
+    if isinstance(rid, str) and 0 < len(rid) <= 128 and rid.isprintable():
+        peek.request_id = rid
+    if (
+        isinstance(metadata, dict)
+        and len(metadata) <= 64
+        and all(
+            isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 128 and len(v) <= 1024
+            for k, v in metadata.items()
+        )
+    ):
+        peek.metadata = metadata
+    return peek
 
 
 class CommandHandler:
@@ -153,9 +175,9 @@ class CommandHandler:
         return decode_command(delivery.body, max_bytes=self._max_bytes)
 
     async def _reject(self, delivery: Delivery, errors: list[FieldError]) -> None:
-        request_id = _peek_request_id(delivery.body)
-        log.info("command_rejected", request_id=request_id, errors=len(errors))
-        event = self._factory.rejected(delivery.body, errors, request_id)
+        peek = _peek(delivery.body, self._max_bytes)
+        log.info("command_rejected", request_id=peek.request_id, errors=len(errors))
+        event = self._factory.rejected(delivery.body, errors, peek.request_id, peek.metadata)
         # Park first: if the event publish fails the redelivery parks again (harmless),
         # whereas the other order could announce a rejection whose message is lost.
         await self._work.park(delivery, errors)
@@ -183,6 +205,10 @@ class CommandHandler:
                     # Most often the name is taken, by the cluster an earlier delivery of this
                     # very request created (crash before ack, ambiguous create): adopt it.
                     cluster = await self._find_by_name(command.cluster.name)
+                    if cluster is None and (attempt > 1 or delivery.redelivered):
+                        # An earlier attempt may have created it, and a fresh cluster can
+                        # be missing from the list for a while: look again later.
+                        return await self._retry_or_fail(delivery, command, attempt, exc)
                     if cluster is None:
                         return await self._fail_api(delivery, command, exc, attempt)
                     if mine not in (cluster.tags or []):

@@ -86,6 +86,7 @@ async def test_bad_command_is_rejected_with_every_error_parked_and_no_api_call(
 ) -> None:
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.2))
     bad = {
+        "metadata": {"team": "orders"},
         "request_id": "bad-1",
         "cluster": {
             "name": "x",
@@ -105,6 +106,7 @@ async def test_bad_command_is_rejected_with_every_error_parked_and_no_api_call(
     rejected = [e for e in seen if isinstance(e, Rejected)]
     assert len(rejected) == 3
     by_id = {e.data.request_id: e for e in rejected}
+    assert by_id["bad-1"].data.metadata == {"team": "orders"}
     paths = {err.path for err in by_id["bad-1"].data.errors}
     assert {"$.cluster.num_node", "$.cluster.status", "$.cluster.num_nodes"} <= paths
     parked = await get_all(amqp, "provisioner.rejected")
@@ -188,6 +190,28 @@ async def test_request_id_reused_for_a_different_cluster_fails_and_creates_nothi
     assert "already used" in failed.data.message
     assert sim.stats().clusters == {"online": 1}
     assert sim.stats().count(CREATE) == 1
+
+
+async def test_ambiguous_create_whose_cluster_is_not_listed_yet_is_adopted_later(
+    amqp_url: str,
+    amqp: AbstractRobustConnection,
+    events: EventRecorder,
+    simulator_factory: SimulatorFactory,
+) -> None:
+    """The POST creates the cluster but the answer is lost; the retry meets 422 while the
+    fresh cluster is still missing from the list: look again, adopt, never fail."""
+    sim = await simulator_factory(
+        SimulatorConfig(ready_after_s=0.5, not_found_grace_s=1.5, drop_fraction=1.0)
+    )
+    settings = settings_for(amqp_url, sim, retry_delays_s=(0.3, 0.3, 0.5, 0.5, 1.0, 1.0, 1.0))
+    async with running_service(settings):
+        await publish(amqp, command("lost-answer-1", "pg"))
+        await wait_until(lambda: sim.stats().count(CREATE) >= 1, timeout=40)
+        sim.config.drop_fraction = 0.0
+        seen = await events.wait_for(all_final(["lost-answer-1"]), timeout=40)
+    assert isinstance(final(seen, "lost-answer-1"), ConnectionReady)
+    assert sim.stats().count(CREATE, 422) >= 1  # the retry did meet the taken name
+    assert sim.stats().clusters == {"online": 1}
 
 
 @pytest.mark.parametrize("fault", ["fail_500_fraction", "fail_429_fraction"])
