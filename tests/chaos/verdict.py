@@ -294,6 +294,15 @@ def judge(evidence: Evidence) -> Verdict:
     if found:
         failures.append(f"secrets in logs: {evidence.secrets_found}")
 
+    # Not a broken promise, but worth a number: a redelivered command that adopts its cluster
+    # announces it again, from null to the status it has now, under a new event id.
+    expected_path = {(None, "creating"), ("creating", "online")}
+    extra_transitions = sum(
+        1
+        for line in unique.values()
+        if line.get("type") == "database.cluster.status_changed"
+        and (line.get("previous_status"), line.get("status")) not in expected_path
+    )
     faults = evidence.faults
     injected = sum(faults.values()) + counts.pauses
     figures = [
@@ -319,5 +328,7 @@ def judge(evidence: Evidence) -> Verdict:
         f"messages left in queues: {left_total} (requests, watch, delay, retry, dead-letter)",
         f"secrets found in logs: {found} (checked {evidence.secrets_checked} secrets in "
         f"{evidence.log_files} logs, {evidence.log_bytes / 1e6:.1f} MB)",
+        f"status_changed events beyond null->creating->online: {extra_transitions} "
+        "(adoptions announcing a cluster again; not a failure)",
     ]
     return Verdict(lines=figures, failures=failures)
