@@ -574,6 +574,15 @@ class ChaosRun:
                 await rabbitmqctl.delete_vhost(self.vhost)
 
 
+async def _until_signalled(run: ChaosRun) -> Verdict:
+    # SIGTERM (a CI timeout, a test's cleanup) cancels the run, so its cleanup still stops the
+    # replicas, the subscriber and the simulator and deletes the vhost; SIGINT does the same.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run.execute()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.chaos.run", description=__doc__.split("\n\n")[0]
@@ -600,7 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     run = ChaosRun(requests=args.requests, replicas=args.replicas, seed=seed, workdir=workdir)
-    verdict = asyncio.run(run.execute())
+    try:
+        verdict = asyncio.run(_until_signalled(run))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"interrupted; processes stopped, vhost deleted; logs in {workdir}")
+        return 130
     for line in verdict.lines:
         print(line)
     print(f"duration: {time.monotonic() - started:.0f} s (seed {seed})")
