@@ -238,8 +238,10 @@ class DigitalOceanClient:
         # our own cluster. AmbiguousCreate lets the service look the cluster up by name first.
         operation = "create_cluster"
         try:
+            # Urgent: a create starts the creation delay, so it goes first when the budget
+            # is scarce (see RateLimiter).
             reply = await self._exchange(
-                operation, "POST", "/v2/databases", body=_ENCODER.encode(body)
+                operation, "POST", "/v2/databases", body=_ENCODER.encode(body), urgent=True
             )
         except TransportError as exc:
             if not exc.maybe_sent:
@@ -294,7 +296,8 @@ class DigitalOceanClient:
         path = "/v2/databases"
         if tag_name is not None:
             path += "?" + urlencode({"tag_name": tag_name}, quote_via=quote)
-        reply = await self._idempotent(operation, "GET", path)
+        # Urgent: one list answers every due watch at once (see RateLimiter).
+        reply = await self._idempotent(operation, "GET", path, urgent=True)
         return self._decode(operation, reply, _CLUSTERS).databases or []
 
     async def get_options(self) -> DatabaseOptions:
@@ -342,7 +345,13 @@ class DigitalOceanClient:
     # --- machinery ----------------------------------------------------------------------------
 
     async def _idempotent(
-        self, operation: str, method: str, path: str, *, absent_means_done: bool = False
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        absent_means_done: bool = False,
+        urgent: bool = False,
     ) -> _Reply:
         """Send a request that is safe to repeat, retrying 5xx, 429 and transport failures."""
         policy = self.retry
@@ -352,7 +361,7 @@ class DigitalOceanClient:
             error: ApiError
             try:
                 reply = await self._exchange(
-                    operation, method, path, max_wait_s=deadline - time.monotonic()
+                    operation, method, path, max_wait_s=deadline - time.monotonic(), urgent=urgent
                 )
             except TransportError as exc:
                 error = exc
@@ -393,6 +402,7 @@ class DigitalOceanClient:
         *,
         body: bytes | None = None,
         max_wait_s: float | None = None,
+        urgent: bool = False,
     ) -> _Reply:
         """One HTTP attempt through the rate limiter; raises only ``TransportError`` or a
         local ``RateLimited``; any HTTP status comes back as a reply."""
@@ -401,7 +411,7 @@ class DigitalOceanClient:
         headers = {"Content-Type": "application/json"} if body is not None else None
         wait_s = self.retry.max_total_s if max_wait_s is None else max_wait_s
         try:
-            await self.limiter.acquire(max_wait_s=wait_s)
+            await self.limiter.acquire(max_wait_s=wait_s, urgent=urgent)
         except RateLimitTimeout as exc:
             raise RateLimited(
                 operation=operation,

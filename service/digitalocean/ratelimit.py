@@ -14,6 +14,12 @@ queues here instead of being refused there. Three things make it hold back furth
   timer starts when its answer arrives. DigitalOcean counted it at some moment in between, so
   the local count can only be ahead of DigitalOcean's, never behind it.
 
+Waiting callers are served in arrival order, except that an *urgent* call (a create: it starts
+the creation delay, the longest wait of the whole flow) is served as if it had arrived
+``urgent_lead_s`` earlier. When the budget is scarce, creates go first and the clusters start
+building sooner; a call that has waited longer than the lead still goes before a new create,
+so nothing starves.
+
 Time comes from injectable clocks (``clock`` for intervals, ``wall`` for the epoch values in
 headers) and waiting from an injectable ``sleep``, so the arithmetic is testable without waiting.
 """
@@ -21,6 +27,8 @@ headers) and waiting from an injectable ``sleep``, so the arithmetic is testable
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -141,6 +149,21 @@ def parse_rate_limit_headers(headers: Mapping[str, str], wall_now: float) -> Rat
     )
 
 
+class _Ticket:
+    """One waiting caller: its place in the queue and the event that tells it its turn."""
+
+    __slots__ = ("active", "key", "seq", "turn")
+
+    def __init__(self, key: float, seq: int) -> None:
+        self.key = key
+        self.seq = seq
+        self.turn = asyncio.Event()
+        self.active = True
+
+    def __lt__(self, other: _Ticket) -> bool:
+        return (self.key, self.seq) < (other.key, other.seq)
+
+
 class RateLimiter:
     """Sliding-window budget of API requests for the whole process; see the module docstring.
 
@@ -157,13 +180,16 @@ class RateLimiter:
         reserve: float = 0.2,
         *,
         fallback_hold_s: float = 1.0,
+        urgent_lead_s: float | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         """``reserve``: once the account's remaining budget is below this fraction of its
         limit, requests are spread over the time to ``ratelimit-reset``. ``fallback_hold_s``:
-        how long a 429 without ``retry-after`` or ``ratelimit-reset`` holds calls."""
+        how long a 429 without ``retry-after`` or ``ratelimit-reset`` holds calls.
+        ``urgent_lead_s``: how far ahead of the queue an urgent call is placed (default: one
+        minute window)."""
         if per_minute < 1 or per_hour < 1:
             raise ValueError("RateLimiter budgets must be at least 1 request")
         if minute_window_s <= 0 or hour_window_s <= 0:
@@ -172,12 +198,15 @@ class RateLimiter:
             raise ValueError("RateLimiter.reserve is a fraction in [0, 1)")
         if fallback_hold_s < 0:
             raise ValueError("RateLimiter.fallback_hold_s must not be negative")
+        if urgent_lead_s is not None and urgent_lead_s < 0:
+            raise ValueError("RateLimiter.urgent_lead_s must not be negative")
         self.per_minute = per_minute
         self.per_hour = per_hour
         self.minute_window_s = minute_window_s
         self.hour_window_s = hour_window_s
         self.reserve = reserve
         self.fallback_hold_s = fallback_hold_s
+        self.urgent_lead_s = minute_window_s if urgent_lead_s is None else urgent_lead_s
         self._clock = clock
         self._wall = wall
         self._sleep = sleep
@@ -196,45 +225,71 @@ class RateLimiter:
         self._waits = 0
         self._waited_s = 0.0
         self._holds = 0
-        # One caller at a time decides and waits, in arrival order (asyncio.Lock is FIFO).
-        self._lock = asyncio.Lock()
+        # The waiting callers, first to be served on top; only the head decides and waits
+        # for the budget, the others wait for their turn. Tickets that gave up stay in the
+        # heap marked inactive until they reach the top.
+        self._queue: list[_Ticket] = []
+        self._tickets = itertools.count()
         # Set by release() and observe(): a waiting caller looks again.
         self._changed = asyncio.Event()
 
     # --- the calls a client makes -------------------------------------------------------
 
-    async def acquire(self, max_wait_s: float | None = None) -> None:
+    async def acquire(self, max_wait_s: float | None = None, *, urgent: bool = False) -> None:
         """Wait for a slot and count one request as sent; pair with :meth:`release`.
 
-        Raises :class:`RateLimitTimeout` at once when the wait is known to exceed
-        ``max_wait_s`` (default: the hour window), or when it has run out.
+        ``urgent`` places the call ``urgent_lead_s`` ahead in the queue (see the module
+        docstring). Raises :class:`RateLimitTimeout` at once when, its turn come, the wait is
+        known to exceed ``max_wait_s`` (default: the hour window), or when it has run out.
         """
         allowed = self.hour_window_s if max_wait_s is None else max(0.0, max_wait_s)
         start = self._clock()
         deadline = start + allowed
-        waited = self._lock.locked()
+        ticket = _Ticket(start - self.urgent_lead_s if urgent else start, next(self._tickets))
+        heapq.heappush(self._queue, ticket)
+        waited = self._head() is not ticket
+        if not waited and len(self._queue) > 1:
+            self._changed.set()  # it went ahead of the waiting head: that one steps back
         try:
-            async with self._lock:
-                # Each pass grants, raises, or waits for time to pass or the state to change;
-                # the deadline bounds the passes in time.
-                while True:
-                    self._changed.clear()
-                    now = self._clock()
-                    delay = self._delay_s(now)
-                    if delay <= 0.0:
-                        self._grant(now)
-                        return
-                    waited = True
-                    left = deadline - now
-                    if left <= 0.0 or (math.isfinite(delay) and delay > left):
-                        raise RateLimitTimeout(
-                            delay if math.isfinite(delay) else self.minute_window_s
-                        )
-                    await self._pause(min(delay, left))
+            # Each pass grants, raises, or waits for its turn, for time to pass or for the
+            # state to change; the deadline bounds the passes in time once it is the head.
+            while True:
+                if self._head() is not ticket:
+                    ticket.turn.clear()
+                    await ticket.turn.wait()
+                    continue
+                self._changed.clear()
+                now = self._clock()
+                delay = self._delay_s(now)
+                if delay <= 0.0:
+                    heapq.heappop(self._queue)
+                    ticket.active = False
+                    self._grant(now)
+                    self._wake_head()
+                    return
+                waited = True
+                left = deadline - now
+                if left <= 0.0 or (math.isfinite(delay) and delay > left):
+                    raise RateLimitTimeout(delay if math.isfinite(delay) else self.minute_window_s)
+                await self._pause(min(delay, left))
         finally:
+            if ticket.active:  # gave up (timeout, cancelled): let the next one decide
+                ticket.active = False
+                self._wake_head()
             if waited:
                 self._waits += 1
                 self._waited_s += max(0.0, self._clock() - start)
+
+    def _head(self) -> _Ticket | None:
+        queue = self._queue
+        while queue and not queue[0].active:
+            heapq.heappop(queue)
+        return queue[0] if queue else None
+
+    def _wake_head(self) -> None:
+        head = self._head()
+        if head is not None:
+            head.turn.set()
 
     def release(self, now: float | None = None) -> None:
         """The answer to a granted request arrived (or it failed): start its window timers."""
@@ -247,9 +302,11 @@ class RateLimiter:
         self._changed.set()
 
     @asynccontextmanager
-    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[None]:
+    async def slot(
+        self, max_wait_s: float | None = None, *, urgent: bool = False
+    ) -> AsyncIterator[None]:
         """``acquire`` on entry, ``release`` on exit, whatever happens in between."""
-        await self.acquire(max_wait_s)
+        await self.acquire(max_wait_s, urgent=urgent)
         try:
             yield
         finally:
