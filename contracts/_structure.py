@@ -16,7 +16,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import msgspec.inspect as mi
@@ -245,9 +245,9 @@ class StructureChecker:
             if key in read_only:
                 add(FieldError(where, f"`{key}` is read-only: DigitalOcean sets it; remove it"))
             else:
-                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                close = difflib.get_close_matches(key[:MAX_SHOWN], list(fields), n=1)
                 hint = f" (did you mean `{close[0]}`?)" if close else ""
-                add(FieldError(where, f"unknown field `{key}`{hint}"))
+                add(FieldError(where, f"unknown field `{_shown(key)}`{hint}"))
         for name, field in fields.items():
             if name in v:
                 self._walk(v[name], field.type, _child(path, name), add)
@@ -255,9 +255,22 @@ class StructureChecker:
                 add(FieldError(_child(path, name), f"required field `{name}` is missing"))
 
 
+# A hostile producer can send a field name of any length; errors quote at most this much
+# of it, so that an error list (in an event, in a header) stays small.
+MAX_SHOWN: Final = 64
+
+
+def _shown(key: str) -> str:
+    return key if len(key) <= MAX_SHOWN else f"{key[: MAX_SHOWN - 1]}…({len(key)} chars)"
+
+
 def _child(path: str, key: str) -> str:
-    return f"{path}.{key}" if key.isidentifier() else f"{path}[{_quote(key)}]"
+    return (
+        f"{path}.{key}"
+        if key.isidentifier() and len(key) <= MAX_SHOWN
+        else f"{path}[{_quote(key)}]"
+    )
 
 
 def _quote(key: Any) -> str:
-    return msgspec.json.encode(key).decode() if isinstance(key, str) else str(key)
+    return msgspec.json.encode(_shown(key)).decode() if isinstance(key, str) else str(key)

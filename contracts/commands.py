@@ -24,6 +24,7 @@ COMMAND_CONTENT_TYPE: Final = "application/json"
 # A create body is a few KiB; 1 MiB leaves room for many users and rules while keeping
 # a hostile producer from making the service parse megabytes.
 MAX_COMMAND_BYTES: Final = 1024 * 1024
+MAX_ERRORS: Final = 200
 
 REQUEST_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]+$"
 RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=REQUEST_ID_PATTERN)]
@@ -47,6 +48,7 @@ class ProvisionDatabase(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 _checker = StructureChecker(
+    limit=MAX_ERRORS,
     read_only=rules.READ_ONLY_FIELDS,
     pattern_help={
         REQUEST_ID_PATTERN: "must not contain control characters (newlines, tabs, NUL)",
@@ -83,15 +85,24 @@ def decode_command(
         raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
     errors = _checker.check(raw, ProvisionDatabase)
     if errors:
-        raise InvalidCommand(errors + _rules_despite(raw, errors))
+        raise InvalidCommand(_capped(errors + _rules_despite(raw, errors)))
     try:
         command = msgspec.convert(raw, ProvisionDatabase)
     except msgspec.ValidationError as exc:  # the checker should have caught it; never crash
         raise InvalidCommand([FieldError("$", str(exc))]) from None
     errors = rules.check_command(command)
     if errors:
-        raise InvalidCommand(errors)
+        raise InvalidCommand(_capped(errors))
     return command
+
+
+def _capped(errors: list[FieldError]) -> list[FieldError]:
+    # A command can break a rule thousands of times (every duplicate name); the first
+    # MAX_ERRORS say enough and keep the rejected event small.
+    if len(errors) <= MAX_ERRORS:
+        return errors
+    more = len(errors) - MAX_ERRORS
+    return [*errors[:MAX_ERRORS], FieldError("$", f"{more} more errors not shown")]
 
 
 def _rules_despite(raw: Any, errors: list[FieldError]) -> list[FieldError]:

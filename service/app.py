@@ -285,7 +285,13 @@ class Service:
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports: every check must be true to receive traffic."""
-        connected = self._connection is not None and not self._connection.is_closed
+        # A robust connection is not "closed" while it reconnects; its connected event is
+        # what says whether the broker is there right now.
+        connected = (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._connection.connected.is_set()
+        )
         consuming = bool(self._commands and self._commands.consuming and self._watches)
         return {
             "broker_connected": connected,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
+
+from service.digitalocean.client import check_base_url
 
 __all__ = ["ENVIRONMENT", "ConfigError", "Settings", "load_settings"]
 
@@ -57,6 +61,14 @@ class Settings(Struct, kw_only=True, frozen=True):
     def __repr__(self) -> str:
         # The token and the broker password must never reach a log line or a traceback.
         return f"Settings(api_url={self.api_url!r}, managed_tag={self.managed_tag!r}, ...)"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        # rich (the demo's console, tracebacks with locals) uses this, not __repr__.
+        return [
+            ("api_url", self.api_url),
+            ("managed_tag", self.managed_tag),
+            ("poll_interval_s", self.poll_interval_s),
+        ]
 
 
 # Environment variable -> Settings field. The README's configuration table lists these.
@@ -125,6 +137,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_name_variable(str(exc))) from None
+    try:
+        check_base_url(settings.api_url)
+    except ValueError as exc:
+        raise ConfigError(f"`DIGITALOCEAN_API_URL`: {exc}") from None
+    _check_amqp_url(settings.amqp_url)
     if require_token and not settings.token:
         raise ConfigError(
             f"no DigitalOcean token: set {TOKEN_VARIABLES[0]} (or {TOKEN_VARIABLES[1]}, "
@@ -133,8 +150,25 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
     return settings
 
 
+def _check_amqp_url(url: str) -> None:
+    # Never quote the URL: it usually carries the broker password.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError("`PROVISIONER_AMQP_URL`: not a valid URL") from None
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(
+            "`PROVISIONER_AMQP_URL`: must be amqp://user:password@host:port/vhost "
+            "(or amqps:// for TLS)"
+        )
+
+
 def _name_variable(message: str) -> str:
-    # msgspec says "... - at `$.poll_interval_s`"; say the variable the operator sets.
+    # msgspec says "Invalid enum value 'x' - at `$.log_format`": name the variable the
+    # operator sets, and never repeat the value (it could be a token pasted in the wrong
+    # place).
+    message = re.sub(r"'[^']*'", "the given value", message)
     for variable, field in ENVIRONMENT.items():
         if f"`$.{field}" in message:
             return message.replace(f"`$.{field}", f"`{variable}").replace(" - at ", ": at ")

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import aio_pika
 import msgspec
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 
 from contracts.errors import FieldError
@@ -36,6 +37,8 @@ APP_ID: Final = "provisioner"
 # Headers are for people reading the parking queue: keep the reason readable and bounded.
 MAX_REASON_BYTES: Final = 16 * 1024
 
+log = structlog.get_logger(__name__)
+
 PublishObserver = Callable[[str, float], None]  # (event type, seconds to confirm)
 
 
@@ -55,6 +58,8 @@ class RabbitPublisher:
         self._timeout_s = timeout_s
         self._observer = observer
         self._events: AbstractExchange | None = None
+        self._own_names = frozenset(q.name for q in topology.queues())
+        self._own_prefixes = (f"{topology.requests_queue}.", f"{topology.watch_queue}.")
 
     async def _events_exchange(self) -> AbstractExchange:
         if self._events is None:
@@ -86,12 +91,19 @@ class RabbitPublisher:
         # listens to yet is normal, and a producer whose reply queue went away must not
         # block its own request.
         await exchange.publish(message, event.routing_key, mandatory=False, timeout=self._timeout_s)
-        if reply_to:
+        if reply_to and self._own_queue(reply_to):
+            # A producer must not make the service feed its own queues (or leak the
+            # credentials into them): the broadcast copy is all such a request gets.
+            log.warning("reply_to_refused", reply_to=reply_to[:128], event_type=event.routing_key)
+        elif reply_to:
             await self._channel.default_exchange.publish(
                 message, reply_to, mandatory=False, timeout=self._timeout_s
             )
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
+
+    def _own_queue(self, name: str) -> bool:
+        return name in self._own_names or name.startswith(self._own_prefixes)
 
     async def retry_command(self, delivery: Delivery, attempt: int) -> None:
         """The command again, through the delay queue for this attempt."""
@@ -113,9 +125,7 @@ class RabbitPublisher:
 
     async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
         """The original command, untouched, with why it was refused in its headers."""
-        reason = msgspec.json.encode(errors)
-        if len(reason) > MAX_REASON_BYTES:
-            reason = msgspec.json.encode(errors[:20]) + b" (truncated)"
+        reason = _bounded_reason(errors)
         headers = {
             **delivery.headers,
             REJECTION_HEADER: reason.decode(),
@@ -130,6 +140,21 @@ class RabbitPublisher:
         await self._channel.default_exchange.publish(
             message, queue, mandatory=mandatory, timeout=self._timeout_s
         )
+
+
+def _bounded_reason(errors: list[FieldError]) -> bytes:
+    """The errors as JSON within MAX_REASON_BYTES: as many whole errors as fit, then a note."""
+    kept: list[FieldError] = []
+    size = 2
+    for error in errors:
+        encoded = len(msgspec.json.encode(error)) + 1
+        if size + encoded > MAX_REASON_BYTES - 64:
+            break
+        kept.append(error)
+        size += encoded
+    if len(kept) < len(errors):
+        kept.append(FieldError("$", f"{len(errors) - len(kept)} more errors not shown"))
+    return msgspec.json.encode(kept)
 
 
 def _copy(delivery: Delivery, headers: dict[str, Any]) -> aio_pika.Message:

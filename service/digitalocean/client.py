@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -54,6 +56,8 @@ __all__ = [
     "DEFAULT_RETRY",
     "TRANSPORT_ERROR",
     "CallObserver",
+    "ClusterScan",
+    "ClusterSummary",
     "DigitalOceanClient",
     "check_base_url",
     "default_user_agent",
@@ -80,6 +84,123 @@ _OPTIONS: Final = msgspec.json.Decoder(DatabaseOptions)
 _CA: Final = msgspec.json.Decoder(CaResponse)
 _USER: Final = msgspec.json.Decoder(DatabaseUserResponse)
 _DB: Final = msgspec.json.Decoder(DatabaseNameResponse)
+
+
+class ClusterSummary(msgspec.Struct, frozen=True):
+    """What a scan reads of every listed cluster: the rest of it is skipped unread."""
+
+    id: str
+    status: str | None = None
+    tags: list[str] | None = None
+
+
+class ClusterScan(msgspec.Struct, frozen=True):
+    """A lean reading of ``GET /v2/databases`` (see ``DigitalOceanClient.scan_clusters``)."""
+
+    statuses: dict[str, str | None]
+    """Every listed cluster: id -> status."""
+    tagged: dict[str, str]
+    """Tag -> cluster id, for the tags that start with the scan's ``tag_prefix``."""
+    full: dict[str, DatabaseCluster]
+    """The clusters the scan was asked to read in full, by id."""
+
+
+class _RawList(msgspec.Struct):
+    databases: list[msgspec.Raw] | None = None
+
+
+_SUMMARY: Final = msgspec.json.Decoder(ClusterSummary)
+_FULL_CLUSTER: Final = msgspec.json.Decoder(DatabaseCluster)
+_RAW_ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_LIST: Final = msgspec.json.Decoder(_RawList)
+# The list body as DigitalOcean (and the simulator) sends it: {"databases":[{"id":...},...]}.
+_LIST_HEAD: Final = re.compile(rb'\s*\{\s*"databases"\s*:\s*\[')
+_BETWEEN_ITEMS: Final = re.compile(rb"\}\s*,\s*(?=\{)")
+_HEAD_PEEK: Final = 256
+_CUT_TRIES: Final = 8
+
+
+class _ClusterListReader:
+    """Reads a list body chunk by chunk, so that memory holds one chunk and the index, never
+    the whole body: thousands of clusters make a body of megabytes.
+
+    The elements of the ``databases`` array are cut off the front of the buffer in groups. A
+    candidate cut is a ``},{`` (a cluster starting with ``"id"`` is tried first); it is the end
+    of a group exactly when ``[`` + the bytes before it + ``]`` decodes, since a cut inside a
+    string or a nested object leaves an unterminated string or unbalanced brackets. A body of
+    another shape is read whole and decoded at the end, so nothing valid is ever refused.
+    """
+
+    def __init__(self, tag_prefix: str | None, full: Callable[[str, str | None], bool]) -> None:
+        self._tag_prefix = tag_prefix
+        self._full = full
+        self._buffer = bytearray()
+        self._state = "head"  # then "items" (the expected shape) or "whole" (anything else)
+        self.statuses: dict[str, str | None] = {}
+        self.tagged: dict[str, str] = {}
+        self.full: dict[str, DatabaseCluster] = {}
+        self.error: msgspec.DecodeError | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body; a decoding error is kept for ``result``."""
+        if self.error is not None:
+            return
+        self._buffer += chunk
+        try:
+            if self._state == "head":
+                head = _LIST_HEAD.match(self._buffer)
+                if head is not None:
+                    del self._buffer[: head.end()]
+                    self._state = "items"
+                elif len(self._buffer) >= _HEAD_PEEK:
+                    self._state = "whole"
+            if self._state == "items":
+                self._cut()
+        except msgspec.DecodeError as exc:
+            self.error = exc
+
+    def result(self) -> ClusterScan:
+        """The scan, once the body has ended; raises ``msgspec.DecodeError`` if it was not
+        a list of clusters."""
+        if self.error is not None:
+            raise self.error
+        body = self._buffer
+        if self._state == "items":
+            body = bytearray(b'{"databases":[') + body
+        self._take(_RAW_LIST.decode(body).databases or [])
+        self._buffer = bytearray()
+        return ClusterScan(statuses=self.statuses, tagged=self.tagged, full=self.full)
+
+    def _cut(self) -> None:
+        buffer = self._buffer
+        cuts = list(_BETWEEN_ITEMS.finditer(buffer))
+        # Latest first, and among them the ones followed by a cluster's leading "id".
+        cuts.sort(key=lambda m: (buffer.startswith(b'{"id"', m.end()), m.start()), reverse=True)
+        for cut in cuts[:_CUT_TRIES]:
+            group = bytearray(b"[")
+            group += buffer[: cut.start() + 1]
+            group += b"]"
+            try:
+                items = _RAW_ITEMS.decode(group)
+            except msgspec.DecodeError:
+                continue
+            self._take(items)
+            del buffer[: cut.end()]
+            return
+
+    def _take(self, items: list[msgspec.Raw]) -> None:
+        prefix = self._tag_prefix
+        for item in items:
+            summary = _SUMMARY.decode(item)
+            # Interned: thousands of clusters share a handful of status strings.
+            status = sys.intern(summary.status) if summary.status is not None else None
+            self.statuses[summary.id] = status
+            if prefix is not None:
+                for tag in summary.tags or ():
+                    if tag.startswith(prefix):
+                        self.tagged[tag] = summary.id
+            if self._full(summary.id, status):
+                self.full[summary.id] = _FULL_CLUSTER.decode(item)
 
 
 def default_user_agent() -> str:
@@ -143,6 +264,8 @@ class _Reply(msgspec.Struct, frozen=True):
     headers: Mapping[str, str]
     hold_s: float | None
     """The 429 hold the limiter applied, if this was a 429."""
+    streamed: _ClusterListReader | None = None
+    """For a scan answered 200: the reader the body went to (``body`` is then empty)."""
 
     @property
     def ok(self) -> bool:
@@ -300,6 +423,41 @@ class DigitalOceanClient:
         reply = await self._idempotent(operation, "GET", path, urgent=True)
         return self._decode(operation, reply, _CLUSTERS).databases or []
 
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+    ) -> ClusterScan:
+        """``GET /v2/databases`` read lean (retried), for following many clusters.
+
+        Returns every listed cluster's status, the tags that start with ``tag_prefix``, and in
+        full only the clusters for which ``full(id, status)`` is true. The body is parsed while
+        it arrives, so memory holds one chunk and the index, not the megabytes that thousands
+        of clusters make; nothing but the chosen clusters' details (passwords included) is
+        ever decoded.
+        """
+        operation = "list_clusters"
+        path = "/v2/databases"
+        if tag_name is not None:
+            path += "?" + urlencode({"tag_name": tag_name}, quote_via=quote)
+        wanted = full if full is not None else _nothing_in_full
+
+        def reader() -> _ClusterListReader:
+            return _ClusterListReader(tag_prefix, wanted)
+
+        # Urgent: one list answers every due watch at once (see RateLimiter).
+        reply = await self._idempotent(operation, "GET", path, urgent=True, stream=reader)
+        streamed = reply.streamed
+        if streamed is None:  # a 2xx other than 200: read as it came
+            streamed = reader()
+            streamed.feed(reply.body)
+        try:
+            return streamed.result()
+        except msgspec.DecodeError as exc:
+            raise self._decode_error(operation, reply, exc) from None
+
     async def get_options(self) -> DatabaseOptions:
         """``GET /v2/databases/options``: engines, regions, versions, sizes (retried)."""
         operation = "get_options"
@@ -352,6 +510,7 @@ class DigitalOceanClient:
         *,
         absent_means_done: bool = False,
         urgent: bool = False,
+        stream: Callable[[], _ClusterListReader] | None = None,
     ) -> _Reply:
         """Send a request that is safe to repeat, retrying 5xx, 429 and transport failures."""
         policy = self.retry
@@ -361,7 +520,12 @@ class DigitalOceanClient:
             error: ApiError
             try:
                 reply = await self._exchange(
-                    operation, method, path, max_wait_s=deadline - time.monotonic(), urgent=urgent
+                    operation,
+                    method,
+                    path,
+                    max_wait_s=deadline - time.monotonic(),
+                    urgent=urgent,
+                    stream=stream,
                 )
             except TransportError as exc:
                 error = exc
@@ -403,9 +567,11 @@ class DigitalOceanClient:
         body: bytes | None = None,
         max_wait_s: float | None = None,
         urgent: bool = False,
+        stream: Callable[[], _ClusterListReader] | None = None,
     ) -> _Reply:
         """One HTTP attempt through the rate limiter; raises only ``TransportError`` or a
-        local ``RateLimited``; any HTTP status comes back as a reply."""
+        local ``RateLimited``; any HTTP status comes back as a reply. With ``stream``, a 200
+        body goes chunk by chunk to a new reader instead of into memory."""
         session = self._ensure_session()
         url = URL(self.base_url + path, encoded=True)
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -424,9 +590,16 @@ class DigitalOceanClient:
             async with session.request(
                 method, url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                payload = await response.read()
                 status = response.status
                 response_headers = response.headers
+                streamed: _ClusterListReader | None = None
+                payload = b""
+                if stream is not None and status == 200:
+                    streamed = stream()
+                    async for chunk in response.content.iter_any():
+                        streamed.feed(chunk)
+                else:
+                    payload = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._notify(operation, TRANSPORT_ERROR, time.monotonic() - started)
             raise TransportError(
@@ -438,7 +611,13 @@ class DigitalOceanClient:
             self.limiter.release()
         hold_s = self.limiter.observe(response_headers, status)
         self._notify(operation, str(status), time.monotonic() - started)
-        return _Reply(status=status, body=payload, headers=response_headers, hold_s=hold_s)
+        return _Reply(
+            status=status,
+            body=payload,
+            headers=response_headers,
+            hold_s=hold_s,
+            streamed=streamed,
+        )
 
     def _notify(self, operation: str, status: str, seconds: float) -> None:
         if self._observer is None:
@@ -453,14 +632,19 @@ class DigitalOceanClient:
         try:
             return decoder.decode(reply.body)
         except msgspec.DecodeError as exc:
-            # msgspec names the path and the expected type, never a value of a string field,
-            # so no password from the body can end up in the message.
-            raise ResponseDecodeError(
-                operation=operation,
-                status=reply.status,
-                message=f"the response body does not decode: {self._scrub(str(exc))}",
-                request_id=_header(reply.headers, "x-request-id"),
-            ) from None
+            raise self._decode_error(operation, reply, exc) from None
+
+    def _decode_error(
+        self, operation: str, reply: _Reply, exc: msgspec.DecodeError
+    ) -> ResponseDecodeError:
+        # msgspec names the path and the expected type, never a value of a string field,
+        # so no password from the body can end up in the message.
+        return ResponseDecodeError(
+            operation=operation,
+            status=reply.status,
+            message=f"the response body does not decode: {self._scrub(str(exc))}",
+            request_id=_header(reply.headers, "x-request-id"),
+        )
 
     def _error(self, operation: str, reply: _Reply) -> ApiError:
         """The typed error for a non-2xx reply."""
@@ -481,6 +665,10 @@ class DigitalOceanClient:
     def _scrub(self, text: str) -> str:
         # Defence in depth: nothing we are given should echo the token, but never pass it on.
         return text.replace(self._token, "***")
+
+
+def _nothing_in_full(cluster_id: str, status: str | None) -> bool:
+    return False
 
 
 def _maybe_sent(exc: BaseException) -> bool:

@@ -9,9 +9,11 @@ the redelivery harmless: one request, one cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, Literal
 
 import msgspec
@@ -44,6 +46,7 @@ log = structlog.get_logger(__name__)
 Outcome = Literal["accepted", "adopted", "rejected", "failed", "retried", "requeued"]
 TRANSIENT: Final = (RateLimited, ServerError, TransportError, AmbiguousCreate)
 PRECHECK_TIMEOUT_S: Final = 5.0
+RECENT_CLUSTERS: Final = 10_000
 JSON_TYPES: Final = frozenset({COMMAND_CONTENT_TYPE, "text/json"})
 
 
@@ -113,6 +116,31 @@ def _peek(body: bytes, max_bytes: int) -> _Peek:
     return peek
 
 
+class KeyedLock:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the key's lock for the block."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class CommandHandler:
     """Turns a delivery into a cluster being watched, a rejection or a failure."""
 
@@ -138,6 +166,10 @@ class CommandHandler:
         self._factory = factory
         self._offer = offer
         self._snapshot = snapshot  # None: the account may not list; rely on the 422 alone
+        self._busy = KeyedLock()
+        # Clusters this replica created or adopted lately, by request tag: answers the
+        # pre-check for a repeated request_id before any list can show the cluster.
+        self._recent: OrderedDict[str, DatabaseCluster] = OrderedDict()
         self._managed_tag = managed_tag
         self._create_timeout_s = create_timeout_s
         self._max_attempts = max_attempts
@@ -158,7 +190,10 @@ class CommandHandler:
         structlog.contextvars.bind_contextvars(
             request_id=command.request_id, correlation_id=delivery.correlation_id
         )
-        return await self._provision(delivery, command, _attempt(delivery))
+        # One command per request_id at a time in this replica: a second one (a producer's
+        # retry, a reused id) then sees what the first created instead of racing it.
+        async with self._busy.hold(command.request_id):
+            return await self._provision(delivery, command, _attempt(delivery))
 
     def _decode(self, delivery: Delivery) -> ProvisionDatabase:
         content_type = (delivery.content_type or "").split(";")[0].strip().lower()
@@ -239,10 +274,19 @@ class CommandHandler:
                     cluster_id=cluster.id,
                 )
             log.info("cluster_adopted", cluster_id=cluster.id)
+        self._remember(mine, cluster)
         await self._start_watching(delivery, command, cluster)
         return CommandOutcome(outcome, "ack")
 
+    def _remember(self, tag: str, cluster: DatabaseCluster) -> None:
+        self._recent[tag] = cluster
+        self._recent.move_to_end(tag)
+        while len(self._recent) > RECENT_CLUSTERS:
+            self._recent.popitem(last=False)
+
     async def _created_by(self, tag: str) -> DatabaseCluster | None:
+        if tag in self._recent:
+            return self._recent[tag]
         if self._snapshot is None:
             return None
         try:
