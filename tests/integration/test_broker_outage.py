@@ -143,11 +143,6 @@ async def test_service_waits_for_an_absent_broker_then_reconnects_after_it_resta
             await process.wait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: readiness reads is_closed of the robust connection, which stays false "
-    "while it reconnects (its `connected` event clears); /readyz says ready during the outage",
-)
 async def test_readyz_says_not_ready_while_the_broker_is_away_and_ready_once_it_is_back(
     own_node: RabbitNode, simulator_factory: SimulatorFactory, tmp_path: Path
 ) -> None:
