@@ -19,7 +19,16 @@ from contracts.errors import FieldError
 from contracts.rules import READ_ONLY_FIELDS
 from tests.integration.service_harness import command
 
-__all__ = ["JSON", "Hostile", "dumps", "handwritten", "refusal_problem", "valid_command"]
+__all__ = [
+    "JSON",
+    "Hostile",
+    "child_path",
+    "dumps",
+    "handwritten",
+    "refusal_problem",
+    "shown_key",
+    "valid_command",
+]
 
 JSON: Final = "application/json"
 
@@ -418,11 +427,21 @@ def _with_field(level: str, engine: str, key: str, value: Any) -> bytes:
     return _edit(engine, edit)
 
 
-def _child(path: str, key: str) -> str:
-    # The path format of contracts._structure: `.key` for identifiers, `["key"]` otherwise.
-    return (
-        f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key, ensure_ascii=False)}]"
-    )
+# Errors quote at most this many characters of a field name a producer sent.
+MAX_SHOWN: Final = 64
+
+
+def shown_key(key: str) -> str:
+    """A field name as an error quotes it: whole, or its start and its length."""
+    return key if len(key) <= MAX_SHOWN else f"{key[: MAX_SHOWN - 1]}\u2026({len(key)} chars)"
+
+
+def child_path(path: str, key: str) -> str:
+    """The path of ``key`` below ``path`` as errors write it: ``.key`` for a short identifier,
+    ``["key"]`` otherwise."""
+    if key.isidentifier() and len(key) <= MAX_SHOWN:
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(shown_key(key), ensure_ascii=False)}]"
 
 
 def _unknown_fields() -> Iterator[Hostile]:
@@ -432,7 +451,7 @@ def _unknown_fields() -> Iterator[Hostile]:
             yield Hostile(
                 f"unknown:{level or '$'}[{key!r}]",
                 _with_field(level, engine, key, "x"),
-                path=_child(base, key),
+                path=child_path(base, key),
                 message="unknown field",
             )
     yield Hostile(
@@ -455,7 +474,7 @@ def _read_only_fields() -> Iterator[Hostile]:
             yield Hostile(
                 f"read-only:{level}.{name}",
                 _with_field(level, engine, name, "set-by-producer"),
-                path=_child(_json_path(level), name),
+                path=child_path(_json_path(level), name),
                 message="read-only",
             )
 
@@ -621,7 +640,9 @@ def _values() -> Iterator[Hostile]:
     metadata_keys = {"": "empty key", "k" * 129: "129-char key"}
     for key, name in metadata_keys.items():
         yield Hostile(
-            f"metadata:{name}", _set("metadata", {key: "v"}), path=f"$.metadata[{json.dumps(key)}]"
+            f"metadata:{name}",
+            _set("metadata", {key: "v"}),
+            path=f"$.metadata[{json.dumps(shown_key(key), ensure_ascii=False)}]",
         )
     yield Hostile(
         "metadata:value-1025",

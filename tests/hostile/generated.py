@@ -21,7 +21,6 @@ Three strategies:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Any, Final
@@ -31,7 +30,7 @@ from hypothesis import strategies as st
 
 from contracts.digitalocean import DatabaseClusterCreate, DatabaseUserCreate, FirewallRuleCreate
 from contracts.rules import READ_ONLY_FIELDS
-from tests.hostile.corpus import Hostile, dumps, valid_command
+from tests.hostile.corpus import Hostile, child_path, dumps, valid_command
 from tests.integration.service_harness import ENGINE_SAMPLES
 
 __all__ = ["broken_commands", "collect", "generated", "random_bytes", "random_json"]
@@ -77,16 +76,10 @@ def _nodes(value: Any, path: str = "$") -> Iterator[tuple[str, Any, Any]]:
     """(path, parent, key) of every value below ``value``, parents before children."""
     items: Any = value.items() if isinstance(value, dict) else enumerate(value)
     for key, child in items:
-        where = f"{path}[{key}]" if isinstance(key, int) else _child(path, key)
+        where = f"{path}[{key}]" if isinstance(key, int) else child_path(path, key)
         yield where, value, key
         if isinstance(child, dict | list):
             yield from _nodes(child, where)
-
-
-def _child(path: str, key: str) -> str:
-    return (
-        f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key, ensure_ascii=False)}]"
-    )
 
 
 def _objects(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -183,7 +176,7 @@ def broken_commands(draw: st.DrawFn) -> Hostile:
         path, obj = draw(st.sampled_from(_objects(doc)))
         key = draw(st.text(max_size=20).filter(lambda k: k not in _KNOWN_NAMES))
         obj[key] = draw(json_values)
-        return Hostile(label, dumps(doc), path=_child(path, key), message="unknown field")
+        return Hostile(label, dumps(doc), path=child_path(path, key), message="unknown field")
     if kind == "read_only":
         levels = [
             (path, obj, struct)
@@ -194,7 +187,7 @@ def broken_commands(draw: st.DrawFn) -> Hostile:
         path, obj, struct = draw(st.sampled_from(levels))
         name = draw(st.sampled_from(sorted(READ_ONLY_FIELDS[struct])))
         obj[name] = draw(json_values)
-        return Hostile(label, dumps(doc), path=_child(path, name), message="read-only")
+        return Hostile(label, dumps(doc), path=child_path(path, name), message="read-only")
     if kind == "missing":
         required = [(p, parent, key) for p, parent, key in nodes if _REQUIRED.fullmatch(p)]
         path, parent, key = draw(st.sampled_from(required))
