@@ -307,7 +307,8 @@ def judge(evidence: Evidence) -> Verdict:
     injected = sum(faults.values()) + counts.pauses
     figures = [
         f"requests sent: {len(plan)} ({len(good)} good, {len(bad)} bad, "
-        f"{len(asked)} with reply_to; plus {counts.resends} producer re-sends of good ones)",
+        f"{len(asked)} with reply_to; plus {counts.resends} producer re-sends of good ones "
+        f"and {counts.publish_retries} publishes repeated after a broker cut)",
         f"replicas killed: {counts.kills} (SIGKILL, then started again: {counts.restarts}; "
         f"{counts.replicas} replicas)",
         f"connections closed: {counts.connection_cuts} times every connection of the vhost "
