@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Literal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 import structlog
@@ -28,16 +28,21 @@ from service.digitalocean import (
     Unauthorized,
     Unprocessable,
 )
+from service.digitalocean.client import ClusterScan
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
 
-__all__ = ["ClusterSnapshot", "WatchHandler", "WatchOutcome"]
+__all__ = ["ClusterScanner", "ClusterSnapshot", "WatchHandler", "WatchOutcome"]
 
 log = structlog.get_logger(__name__)
 
 TRANSIENT: Final = (RateLimited, ServerError, TransportError)
 Outcome = Literal["waiting", "ready", "failed", "requeue"]
+# Batches of due watches arriving this close together share one list call.
+FRESH_S: Final = 0.15
+# A cluster whose watch has not been seen for this long is no longer read in full.
+FOLLOW_FOR_S: Final = 3600.0
 
 
 class WatchOutcome(Struct, frozen=True):
@@ -47,8 +52,37 @@ class WatchOutcome(Struct, frozen=True):
     time_to_online_s: float | None = None
 
 
+@runtime_checkable
+class ClusterScanner(Protocol):
+    """An API that can read the cluster list lean (``DigitalOceanClient.scan_clusters``)."""
+
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+    ) -> ClusterScan: ...
+
+
 class ClusterSnapshot:
-    """One list call shared by every batch that asks within ``max_age_s`` of it."""
+    """The managed clusters as one list call saw them, shared by every caller it can serve.
+
+    Two kinds of callers ask:
+
+    * a command's precheck (``clusters``, ``created_by``) takes any list younger than
+      ``max_age_s``;
+    * a batch of due watches (``fresh``) needs a list that started after the batch arrived
+      (``fresh_s`` of slack lets the batches of one wave share it), or a watch could miss a
+      change by one more poll interval. Such lists start at most once per ``max_age_s``: a
+      batch that comes sooner waits for the next one, and, sent back together, its watches
+      keep arriving together. So lists stay few however many clusters are followed.
+
+    With an API that can scan (``ClusterScanner``) the list is read lean: every cluster's
+    status and request tag, and in full only the clusters past ``creating`` that this
+    process follows (``follow``): memory stays flat with thousands of clusters. Otherwise
+    every cluster is read in full.
+    """
 
     def __init__(
         self,
@@ -56,36 +90,119 @@ class ClusterSnapshot:
         tag: str,
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        fresh_s: float = FRESH_S,
+        follow_for_s: float = FOLLOW_FOR_S,
     ) -> None:
         self._api = api
         self._tag = tag
+        self._request_tags = f"{tag}:req:"  # commands.request_tag's shape
         self._max_age_s = max_age_s
         self._clock = clock
-        self._taken_at = float("-inf")
-        self._clusters: dict[str, DatabaseCluster] = {}
-        self._pending: asyncio.Future[dict[str, DatabaseCluster]] | None = None
+        self._fresh_s = fresh_s
+        self._follow_for_s = follow_for_s
+        self._listing = ClusterScan(statuses={}, tagged={}, full={})
+        self._taken_at = float("-inf")  # when the call behind ``_listing`` started
+        self._last_start = float("-inf")
+        self._pending: asyncio.Task[ClusterScan] | None = None
+        self._pending_start = float("-inf")
+        self._followed: dict[str, float] = {}  # cluster id -> when a watch for it was seen
         self.calls = 0
 
-    async def clusters(self) -> dict[str, DatabaseCluster]:
-        """The managed clusters by id, fresh within ``max_age_s``; one call in flight."""
-        if self._clock() - self._taken_at <= self._max_age_s:
-            return self._clusters
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._take())
-        pending = self._pending
-        try:
-            return await asyncio.shield(pending)
-        finally:
-            if pending.done() and self._pending is pending:
-                self._pending = None
+    # --- what the callers ask ---------------------------------------------------------
 
-    async def _take(self) -> dict[str, DatabaseCluster]:
+    async def clusters(self) -> dict[str, DatabaseCluster]:
+        """The managed clusters read in full, by id, from a list younger than
+        ``max_age_s`` (every cluster, unless the list was scanned lean)."""
+        return (await self._recent()).full
+
+    async def created_by(self, request_tag: str) -> DatabaseCluster | None:
+        """The cluster carrying ``request_tag`` in a list younger than ``max_age_s``, or
+        None; read in full (one GET when the list was scanned lean)."""
+        listing = await self._recent()
+        cluster_id = listing.tagged.get(request_tag)
+        if cluster_id is None:
+            return None
+        cluster = listing.full.get(cluster_id)
+        if cluster is None:
+            cluster = await self._api.get_cluster(cluster_id)
+        return cluster
+
+    async def fresh(self) -> ClusterScan:
+        """A list that started no earlier than ``fresh_s`` before this call (see the class
+        docstring); waits at most ``max_age_s`` for it to start."""
+        after = self._clock() - self._fresh_s
+        while True:
+            pending = self._pending
+            if pending is not None and self._pending_start >= after:
+                return await asyncio.shield(pending)
+            if self._taken_at >= after:
+                return self._listing
+            if pending is not None:  # started too early for us: let it land, then ours
+                await asyncio.wait([pending])
+                continue
+            wait_s = self._last_start + self._max_age_s - self._clock()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue
+            self._start()
+
+    def follow(self, cluster_ids: Iterable[str]) -> None:
+        """Watches for these clusters are in hand: read them in full once past ``creating``."""
+        now = self._clock()
+        for cluster_id in cluster_ids:
+            self._followed[cluster_id] = now
+
+    def forget(self, cluster_id: str) -> None:
+        """The watch for this cluster ended here."""
+        self._followed.pop(cluster_id, None)
+
+    # --- the list call ----------------------------------------------------------------
+
+    async def _recent(self) -> ClusterScan:
+        if self._clock() - self._taken_at <= self._max_age_s:
+            return self._listing
+        pending = self._pending if self._pending is not None else self._start()
+        return await asyncio.shield(pending)
+
+    def _start(self) -> asyncio.Task[ClusterScan]:
         started = self._clock()
+        self._pending_start = self._last_start = started
+        task = asyncio.ensure_future(self._take(started))
+        self._pending = task
+        task.add_done_callback(self._landed)
+        return task
+
+    def _landed(self, task: asyncio.Task[ClusterScan]) -> None:
+        if self._pending is task:
+            self._pending = None
+        if not task.cancelled():
+            task.exception()  # seen: every waiter gets it through its shield
+
+    async def _take(self, started: float) -> ClusterScan:
         self.calls += 1
-        listed = await self._api.list_clusters(tag_name=self._tag)
-        self._clusters = {c.id: c for c in listed}
-        self._taken_at = started
-        return self._clusters
+        if isinstance(self._api, ClusterScanner):
+            listing = await self._api.scan_clusters(
+                self._tag, tag_prefix=self._request_tags, full=self._wanted
+            )
+        else:
+            listing = self._index(await self._api.list_clusters(tag_name=self._tag))
+        horizon = started - self._follow_for_s
+        self._followed = {k: seen for k, seen in self._followed.items() if seen >= horizon}
+        if started >= self._taken_at:
+            self._listing, self._taken_at = listing, started
+        return listing
+
+    def _wanted(self, cluster_id: str, status: str | None) -> bool:
+        return status != "creating" and cluster_id in self._followed
+
+    def _index(self, clusters: Sequence[DatabaseCluster]) -> ClusterScan:
+        prefix = self._request_tags
+        return ClusterScan(
+            statuses={c.id: c.status for c in clusters},
+            tagged={t: c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
+            full={c.id: c for c in clusters},
+        )
 
 
 class WatchHandler:
@@ -116,10 +233,12 @@ class WatchHandler:
 
     async def handle_batch(self, watches: Sequence[WatchState]) -> list[WatchOutcome]:
         """Advance every watch; the outcome list is in the batch's order."""
-        listed: dict[str, DatabaseCluster] | None = None
-        if self._snapshot is not None and any(w.phase == "creating" for w in watches):
+        listed: ClusterScan | None = None
+        creating = [w.cluster_id for w in watches if w.phase == "creating"]
+        if self._snapshot is not None and creating:
+            self._snapshot.follow(creating)
             try:
-                listed = await self._snapshot.clusters()
+                listed = await self._snapshot.fresh()
             except ApiError as exc:
                 log.warning("watch_list_failed", error=str(exc), batch=len(watches))
         results = await asyncio.gather(
@@ -139,11 +258,11 @@ class WatchHandler:
                 outcomes.append(WatchOutcome("requeue"))
             else:
                 outcomes.append(result)
+                if result.outcome in ("ready", "failed") and self._snapshot is not None:
+                    self._snapshot.forget(watch.cluster_id)
         return outcomes
 
-    async def _advance(
-        self, watch: WatchState, listed: dict[str, DatabaseCluster] | None
-    ) -> WatchOutcome:
+    async def _advance(self, watch: WatchState, listed: ClusterScan | None) -> WatchOutcome:
         with structlog.contextvars.bound_contextvars(
             request_id=watch.request_id,
             cluster_id=watch.cluster_id,
@@ -152,7 +271,7 @@ class WatchHandler:
             if watch.phase == "finishing":
                 return await self._finish(watch, None)
             try:
-                cluster = await self._look(watch, listed)
+                seen = await self._look(watch, listed)
             except NotFound:
                 return await self._fail(
                     watch, "api_error", "the cluster no longer exists", step="watch"
@@ -164,9 +283,10 @@ class WatchHandler:
             except TRANSIENT as exc:
                 log.info("watch_look_failed", error=str(exc))
                 return await self._again(watch)
-            if cluster is None:  # not visible yet: a fresh cluster can 404 briefly
+            if seen is None:  # not visible yet: a fresh cluster can 404 briefly
                 return await self._again(watch)
-            status = cluster.status or watch.status or "creating"
+            looked_status, cluster = seen
+            status = looked_status or watch.status or "creating"
             if status != watch.status:
                 await self._publish(
                     watch, self._factory.status_changed(watch, status, watch.status)
@@ -185,19 +305,22 @@ class WatchHandler:
             return await self._again(watch)
 
     async def _look(
-        self, watch: WatchState, listed: dict[str, DatabaseCluster] | None
-    ) -> DatabaseCluster | None:
-        if listed is not None and watch.cluster_id in listed:
-            return listed[watch.cluster_id]
+        self, watch: WatchState, listed: ClusterScan | None
+    ) -> tuple[str | None, DatabaseCluster | None] | None:
+        """The cluster's status and, when at hand, the cluster itself; None while a fresh
+        cluster is not visible yet."""
+        if listed is not None and watch.cluster_id in listed.statuses:
+            return listed.statuses[watch.cluster_id], listed.full.get(watch.cluster_id)
         young = self._wall() - watch.accepted_at < self._grace_s
         if listed is not None and young:
             return None  # the list lags a fresh cluster; no extra call for it
         try:
-            return await self._api.get_cluster(watch.cluster_id)
+            cluster = await self._api.get_cluster(watch.cluster_id)
         except NotFound:
             if young:
                 return None
             raise
+        return cluster.status, cluster
 
     async def _finish(self, watch: WatchState, cluster: DatabaseCluster | None) -> WatchOutcome:
         """Create the requested users and databases, fetch the CA, announce the details."""

@@ -1,0 +1,200 @@
+"""``ClusterSnapshot``: who shares a list call, who waits for a fresh one, what is read in full.
+
+A recording fake of the API (our own seam, ``ClusterApi``) stands in for DigitalOcean; the
+timings are real but short (lists at most every 0.1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from contracts.digitalocean import (
+    CaCertificate,
+    DatabaseCluster,
+    DatabaseClusterCreate,
+    DatabaseName,
+    DatabaseOptions,
+    DatabaseUser,
+    DatabaseUserCreate,
+)
+from service.digitalocean import ServerError
+from service.digitalocean.client import ClusterScan
+from service.provisioning.watch import ClusterSnapshot
+
+MAX_AGE_S = 0.1
+TAG = "provisioner"
+
+
+def cluster(i: int, status: str = "creating") -> DatabaseCluster:
+    return DatabaseCluster(
+        id=f"id-{i}",
+        name=f"c-{i}",
+        engine="pg",
+        num_nodes=1,
+        size="db-s-1vcpu-2gb",
+        region="nyc3",
+        status=status,
+        tags=[TAG, f"{TAG}:req:{i}", f"{TAG}:spec:{i}"],
+    )
+
+
+class ListingApi:
+    """Lists ``clusters``; counts calls; fails the next call when ``fail`` is set."""
+
+    def __init__(self, clusters: list[DatabaseCluster], delay_s: float = 0.01) -> None:
+        self.clusters = clusters
+        self.delay_s = delay_s
+        self.list_calls = 0
+        self.get_calls = 0
+        self.fail = False
+
+    async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
+        self.list_calls += 1
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            self.fail = False
+            raise ServerError(operation="list_clusters", status=503, message="down")
+        return [c for c in self.clusters if tag_name in (c.tags or [])]
+
+    async def get_cluster(self, cluster_id: str) -> DatabaseCluster:
+        self.get_calls += 1
+        return next(c for c in self.clusters if c.id == cluster_id)
+
+    async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster:
+        raise NotImplementedError
+
+    async def get_options(self) -> DatabaseOptions:
+        raise NotImplementedError
+
+    async def get_ca(self, cluster_id: str) -> CaCertificate:
+        raise NotImplementedError
+
+    async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser:
+        raise NotImplementedError
+
+    async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
+        raise NotImplementedError
+
+
+class ScanningApi(ListingApi):
+    """Also scans lean, as ``DigitalOceanClient.scan_clusters`` does."""
+
+    def __init__(self, clusters: list[DatabaseCluster]) -> None:
+        super().__init__(clusters)
+        self.scans = 0
+
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+    ) -> ClusterScan:
+        self.scans += 1
+        listed = await self.list_clusters(tag_name)
+        return ClusterScan(
+            statuses={c.id: c.status for c in listed},
+            tagged={
+                t: c.id
+                for c in listed
+                for t in c.tags or ()
+                if tag_prefix and t.startswith(tag_prefix)
+            },
+            full={c.id: c for c in listed if full is not None and full(c.id, c.status)},
+        )
+
+
+async def test_batches_arriving_together_share_one_fresh_list() -> None:
+    api = ListingApi([cluster(1), cluster(2)])
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
+    first, second = await asyncio.gather(snapshot.fresh(), snapshot.fresh())
+    assert first is second
+    assert api.list_calls == 1
+    assert set(first.statuses) == {"id-1", "id-2"}
+
+
+async def test_a_later_batch_waits_for_a_list_started_after_it_arrived() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S, fresh_s=0.01)
+    await snapshot.fresh()
+    api.clusters = [cluster(1, "online")]
+    await asyncio.sleep(0.03)  # the first list is stale for a batch arriving now
+    arrived = time.monotonic()
+    listing = await snapshot.fresh()
+    waited = time.monotonic() - arrived
+    assert listing.statuses["id-1"] == "online"
+    assert api.list_calls == 2
+    # Lists start at most once per max_age: this one had to wait for its turn.
+    assert MAX_AGE_S - 0.03 - 0.02 <= waited <= MAX_AGE_S + 0.2
+
+
+async def test_prechecks_take_any_list_younger_than_max_age() -> None:
+    api = ListingApi([cluster(1)])
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
+    assert set(await snapshot.clusters()) == {"id-1"}
+    assert set(await snapshot.clusters()) == {"id-1"}
+    assert api.list_calls == 1
+    await asyncio.sleep(MAX_AGE_S * 1.5)
+    await snapshot.clusters()
+    assert api.list_calls == 2
+
+
+async def test_created_by_finds_the_cluster_of_a_request_tag() -> None:
+    api = ListingApi([cluster(1), cluster(2)])
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
+    found = await snapshot.created_by(f"{TAG}:req:2")
+    assert found is not None
+    assert found.id == "id-2"
+    assert await snapshot.created_by(f"{TAG}:req:3") is None
+    assert api.get_calls == 0  # a full list holds the cluster already
+
+
+async def test_a_lean_scan_reads_in_full_only_followed_clusters_past_creating() -> None:
+    api = ScanningApi([cluster(1, "online"), cluster(2, "online"), cluster(3)])
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
+    snapshot.follow(["id-1", "id-3"])
+    listing = await snapshot.fresh()
+    assert api.scans == 1
+    assert listing.statuses == {"id-1": "online", "id-2": "online", "id-3": "creating"}
+    assert set(listing.full) == {"id-1"}
+    # A request tag of a cluster not read in full costs one GET, only when asked.
+    found = await snapshot.created_by(f"{TAG}:req:2")
+    assert found is not None and found.id == "id-2"
+    assert api.get_calls == 1
+
+
+async def test_forgotten_clusters_are_no_longer_read_in_full() -> None:
+    api = ScanningApi([cluster(1, "online")])
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0)
+    snapshot.follow(["id-1"])
+    assert set((await snapshot.fresh()).full) == {"id-1"}
+    snapshot.forget("id-1")
+    await asyncio.sleep(0.01)
+    assert (await snapshot.fresh()).full == {}
+
+
+async def test_a_failed_list_reaches_its_waiters_and_the_next_call_tries_again() -> None:
+    api = ListingApi([cluster(1)])
+    api.fail = True
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0)
+    results = await asyncio.gather(snapshot.fresh(), snapshot.fresh(), return_exceptions=True)
+    assert all(isinstance(r, ServerError) for r in results)
+    assert api.list_calls == 1
+    assert set((await snapshot.fresh()).statuses) == {"id-1"}
+
+
+@pytest.mark.parametrize("max_age_s", [0.0, MAX_AGE_S])
+async def test_fresh_lists_are_spaced_by_max_age(max_age_s: float) -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s, fresh_s=0.0)
+    started = time.monotonic()
+    for _ in range(4):
+        await snapshot.fresh()
+        await asyncio.sleep(0.001)
+    elapsed = time.monotonic() - started
+    assert api.list_calls == 4
+    assert elapsed >= 3 * max_age_s * 0.9
