@@ -10,6 +10,7 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct
 
 from service.digitalocean.client import check_base_url
@@ -168,8 +169,19 @@ def _name_variable(message: str) -> str:
     # msgspec says "Invalid enum value 'x' - at `$.log_format`": name the variable the
     # operator sets, and never repeat the value (it could be a token pasted in the wrong
     # place).
-    message = re.sub(r"'[^']*'", "the given value", message)
+    message = re.sub(r"Invalid enum value '[^']*'", "Invalid enum value", message)
     for variable, field in ENVIRONMENT.items():
         if f"`$.{field}" in message:
-            return message.replace(f"`$.{field}", f"`{variable}").replace(" - at ", ": at ")
+            message = message.replace(f"`$.{field}", f"`{variable}").replace(" - at ", ": at ")
+            allowed = _literal_values(field)
+            return f"{message} (one of: {', '.join(allowed)})" if allowed else message
     return message
+
+
+def _literal_values(field: str) -> list[str]:
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        if f.name == field and isinstance(f.type, msgspec.inspect.LiteralType):
+            return [str(v) for v in f.type.values]
+    return []

@@ -178,11 +178,6 @@ def test_a_broker_url_that_is_not_amqp_is_refused_without_its_password(url: str)
     assert AMQP_PASSWORD not in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the error no longer states the rule: quoting is removed from the whole message, so "
-    "the managed tag's pattern reads 'matching regex the given value'",
-)
 def test_a_bad_managed_tag_error_states_the_pattern() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(env(PROVISIONER_MANAGED_TAG="has spaces"))
