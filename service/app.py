@@ -215,6 +215,7 @@ class Service:
             snapshot=snapshot,
             managed_tag=s.managed_tag,
             create_timeout_s=s.create_timeout_s,
+            not_found_grace_s=s.not_found_grace_s,
             max_attempts=s.max_command_attempts,
             max_message_bytes=s.max_message_bytes,
             on_unauthorized=self._on_unauthorized,

@@ -34,7 +34,7 @@ from service.digitalocean import (
     Unprocessable,
 )
 from service.provisioning.events import EventFactory, api_error_detail
-from service.provisioning.messages import ATTEMPT_HEADER, WatchState
+from service.provisioning.messages import ATTEMPT_HEADER, FIRST_ATTEMPT_HEADER, WatchState
 from service.provisioning.options import OfferCheck
 from service.provisioning.ports import ClusterApi, Delivery, EventBus, WorkQueues
 from service.provisioning.watch import ClusterSnapshot
@@ -155,6 +155,7 @@ class CommandHandler:
         snapshot: ClusterSnapshot | None,
         managed_tag: str,
         create_timeout_s: float,
+        not_found_grace_s: float,
         max_attempts: int,
         max_message_bytes: int,
         on_unauthorized: Callable[[], Awaitable[None]],
@@ -172,6 +173,7 @@ class CommandHandler:
         self._recent: OrderedDict[str, DatabaseCluster] = OrderedDict()
         self._managed_tag = managed_tag
         self._create_timeout_s = create_timeout_s
+        self._not_found_grace_s = not_found_grace_s
         self._max_attempts = max_attempts
         self._max_bytes = max_message_bytes
         self._on_unauthorized = on_unauthorized
@@ -240,9 +242,10 @@ class CommandHandler:
                     # Most often the name is taken, by the cluster an earlier delivery of this
                     # very request created (crash before ack, ambiguous create): adopt it.
                     cluster = await self._find_by_name(command.cluster.name)
-                    if cluster is None and (attempt > 1 or delivery.redelivered):
-                        # An earlier attempt may have created it, and a fresh cluster can
-                        # be missing from the list for a while: look again later.
+                    if cluster is None and self._may_be_hidden(delivery):
+                        # This request (an earlier attempt, another copy of the command)
+                        # may have created it, and a fresh cluster can be missing from the
+                        # list for a while: look again later, within that grace.
                         return await self._retry_or_fail(delivery, command, attempt, exc)
                     if cluster is None:
                         return await self._fail_api(delivery, command, exc, attempt)
@@ -335,11 +338,23 @@ class CommandHandler:
         await self._work.schedule_watch(watch)
         log.info("cluster_creating", status=watch.status, deadline_s=timeout)
 
+    def _first_attempt_at(self, delivery: Delivery) -> float:
+        value = delivery.headers.get(FIRST_ATTEMPT_HEADER)
+        try:
+            return float(str(value)) if value is not None else self._wall()
+        except ValueError:
+            return self._wall()
+
+    def _may_be_hidden(self, delivery: Delivery) -> bool:
+        return self._wall() - self._first_attempt_at(delivery) < self._not_found_grace_s
+
     async def _retry_or_fail(
         self, delivery: Delivery, command: ProvisionDatabase, attempt: int, exc: ApiError
     ) -> CommandOutcome:
         if attempt < self._max_attempts:
             log.info("create_retry_scheduled", attempt=attempt, error=str(exc))
+            first = {FIRST_ATTEMPT_HEADER: self._first_attempt_at(delivery)}
+            delivery = msgspec.structs.replace(delivery, headers={**first, **delivery.headers})
             await self._work.retry_command(delivery, attempt)
             return CommandOutcome("retried", "ack")
         return await self._fail(

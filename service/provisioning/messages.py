@@ -15,6 +15,7 @@ from contracts.digitalocean import DatabaseUserCreate
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "FIRST_ATTEMPT_HEADER",
     "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
     "WatchState",
@@ -25,6 +26,8 @@ __all__ = [
 # The command's attempt number travels in this header through the retry delay queues.
 ATTEMPT_HEADER: Final = "x-provisioner-attempt"
 REJECTION_HEADER: Final = "x-rejection-reason"
+# When the command's first attempt ran (epoch seconds), carried through its retries.
+FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
 
 

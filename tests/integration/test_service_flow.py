@@ -214,6 +214,28 @@ async def test_ambiguous_create_whose_cluster_is_not_listed_yet_is_adopted_later
     assert sim.stats().clusters == {"online": 1}
 
 
+async def test_a_second_copy_on_another_replica_adopts_a_cluster_not_listed_yet(
+    amqp_url: str,
+    amqp: AbstractRobustConnection,
+    events: EventRecorder,
+    simulator_factory: SimulatorFactory,
+) -> None:
+    """A producer that re-publishes after a broker cut sends two copies; two replicas take
+    one each, and the second meets 422 while the first's cluster is not listed yet."""
+    sim = await simulator_factory(SimulatorConfig(ready_after_s=0.5, not_found_grace_s=1.5))
+    settings = settings_for(amqp_url, sim, retry_delays_s=(0.3, 0.5, 1.0, 1.0, 1.0))
+    cmd = command("two-copies-1", "mysql")
+    async with running_service(settings), running_service(settings):
+        await publish(amqp, cmd)
+        await publish(amqp, cmd)
+        await events.wait_for(
+            lambda evs: sum(isinstance(e, ConnectionReady) for e in evs) >= 2, timeout=40
+        )
+    assert not any(isinstance(e, Failed) for e in events.events)
+    assert sim.stats().count(CREATE, 422) >= 1  # the copies did race
+    assert sim.stats().clusters == {"online": 1}
+
+
 @pytest.mark.parametrize("fault", ["fail_500_fraction", "fail_429_fraction"])
 async def test_transient_api_errors_retry_through_the_delay_queue_then_succeed(
     fault: str,
