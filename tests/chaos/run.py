@@ -37,7 +37,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from msgspec import Struct
 
 from contracts.events import decode_event
@@ -128,6 +128,24 @@ def schedule_for(requests: int) -> Schedule:
         slow_latency_s=2.0,
         spacing_s=7.0,
         settle_s=420.0,
+    )
+
+
+def describe_dead_letter(message: AbstractIncomingMessage) -> str:
+    """Where a dead-lettered message came from, why, and whose it is (no body)."""
+    headers = message.headers or {}
+    try:
+        body = json.loads(message.body)
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+    except ValueError:
+        request_id = None
+    queue, reason, count = (
+        str(headers.get(name, "?"))
+        for name in ("x-first-death-queue", "x-first-death-reason", "x-delivery-count")
+    )
+    return (
+        f"{request_id or '?'} from {queue} ({reason}, x-delivery-count {count}, "
+        f"{message.content_type})"
     )
 
 
@@ -395,7 +413,9 @@ class ChaosRun:
     async def _wait_settled(self, deadline: float) -> None:
         """Until every request has its final event and every queue is empty, or the
         deadline."""
-        queues = [*self._service_queues(), SUBSCRIBER_QUEUE]
+        # The dead-letter queue never drains by itself: the verdict counts it.
+        dead = self.topology.dead_letter_queue
+        queues = [*(q for q in self._service_queues() if q != dead), SUBSCRIBER_QUEUE]
         while time.monotonic() < deadline:
             self.events.refresh()
             if self.events.settled(self.plan):
@@ -407,7 +427,7 @@ class ChaosRun:
 
     async def _drain(
         self, connection: AbstractRobustConnection, queue_name: str
-    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    ) -> list[AbstractIncomingMessage]:
         channel = await connection.channel()
         taken = []
         try:
@@ -533,6 +553,7 @@ class ChaosRun:
             depths = await rabbitmqctl.queue_depths(self.vhost)
             parked = await self._drain(connection, self.topology.rejected_queue)
             replies = await self._replies(connection)
+            dead = await self._drain(connection, self.topology.dead_letter_queue)
         finally:
             await connection.close()
         await self._stop_subscriber()
@@ -545,6 +566,7 @@ class ChaosRun:
             events=self.events.lines,
             clusters=self._clusters(),
             parked_digests=[hashlib.sha256(m.body).hexdigest() for m in parked],
+            dead_letters=[describe_dead_letter(m) for m in dead],
             replies=replies,
             depths=depths,
             service_queues=self._service_queues(),

@@ -82,6 +82,8 @@ class Evidence(Struct, kw_only=True):
     events: list[dict[str, Any]]
     clusters: list[ClusterSeen]
     parked_digests: list[str]
+    dead_letters: list[str]
+    """One description per message found in the dead-letter queue at the end."""
     replies: list[ReplyMessage]
     depths: dict[str, QueueDepth]
     service_queues: list[str]
@@ -280,6 +282,8 @@ def judge(evidence: Evidence) -> Verdict:
     left_total = sum(left.values())
     if left_total:
         failures.append(f"{left_total} messages left: { {q: n for q, n in left.items() if n} }")
+    if evidence.dead_letters:
+        failures.append(f"dead-lettered: {'; '.join(evidence.dead_letters[:5])}")
 
     # --- the processes ---------------------------------------------------------------------
     unclean = {name: code for name, code in evidence.exit_codes.items() if code != 0}
