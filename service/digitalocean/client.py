@@ -99,10 +99,17 @@ class ClusterScan(msgspec.Struct, frozen=True):
 
     statuses: dict[str, str | None]
     """Every listed cluster: id -> status."""
-    tagged: dict[str, str]
-    """Tag -> cluster id, for the tags that start with the scan's ``tag_prefix``."""
+    tagged: dict[int, str]
+    """``hash(tag)`` -> cluster id, for the tags that start with the scan's ``tag_prefix``
+    (see ``tagged_with``): a number per cluster instead of its tag, the largest part of the
+    index otherwise."""
     full: dict[str, DatabaseCluster]
     """The clusters the scan was asked to read in full, by id."""
+
+    def tagged_with(self, tag: str) -> str | None:
+        """The id of the cluster that carries ``tag``, if any; almost certainly right (the
+        key is a hash), so check the cluster's tags before relying on it."""
+        return self.tagged.get(hash(tag))
 
 
 class _RawList(msgspec.Struct):
@@ -137,7 +144,7 @@ class _ClusterListReader:
         self._buffer = bytearray()
         self._state = "head"  # then "items" (the expected shape) or "whole" (anything else)
         self.statuses: dict[str, str | None] = {}
-        self.tagged: dict[str, str] = {}
+        self.tagged: dict[int, str] = {}
         self.full: dict[str, DatabaseCluster] = {}
         self.error: msgspec.DecodeError | None = None
 
@@ -192,15 +199,17 @@ class _ClusterListReader:
         prefix = self._tag_prefix
         for item in items:
             summary = _SUMMARY.decode(item)
-            # Interned: thousands of clusters share a handful of status strings.
+            # Interned: a handful of statuses for thousands of clusters, and one string per
+            # id across scans and indexes instead of a new copy with each scan.
+            cluster_id = sys.intern(summary.id)
             status = sys.intern(summary.status) if summary.status is not None else None
-            self.statuses[summary.id] = status
+            self.statuses[cluster_id] = status
             if prefix is not None:
                 for tag in summary.tags or ():
                     if tag.startswith(prefix):
-                        self.tagged[tag] = summary.id
-            if self._full(summary.id, status):
-                self.full[summary.id] = _FULL_CLUSTER.decode(item)
+                        self.tagged[hash(tag)] = cluster_id
+            if self._full(cluster_id, status):
+                self.full[cluster_id] = _FULL_CLUSTER.decode(item)
 
 
 def default_user_agent() -> str:

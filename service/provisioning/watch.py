@@ -9,6 +9,8 @@ GET per cluster, which is what lets one token follow thousands of clusters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -39,8 +41,14 @@ log = structlog.get_logger(__name__)
 
 TRANSIENT: Final = (RateLimited, ServerError, TransportError)
 Outcome = Literal["waiting", "ready", "failed", "requeue"]
+Seen = tuple[str | None, DatabaseCluster | None]  # a cluster's status, and itself if at hand
+Listed = dict[str, Seen]  # what a list showed of a batch's clusters, by id
 # Batches of due watches arriving this close together share one list call.
 FRESH_S: Final = 0.15
+# Watches that may wait for a fresh list at once; more take the latest list instead.
+WAVE: Final = 250
+# Watch steps of one batch in progress at once (publishes pipeline within them).
+STEPS_AT_ONCE: Final = 64
 # A cluster whose watch has not been seen for this long is no longer read in full.
 FOLLOW_FOR_S: Final = 3600.0
 
@@ -76,7 +84,9 @@ class ClusterSnapshot:
       (``fresh_s`` of slack lets the batches of one wave share it), or a watch could miss a
       change by one more poll interval. Such lists start at most once per ``max_age_s``: a
       batch that comes sooner waits for the next one, and, sent back together, its watches
-      keep arriving together. So lists stay few however many clusters are followed.
+      keep arriving together. So lists stay few however many clusters are followed. Only
+      when more than ``wave`` watches would be waiting (more than lists can serve) does a
+      batch take the latest list, as a command does.
 
     With an API that can scan (``ClusterScanner``) the list is read lean: every cluster's
     status and request tag, and in full only the clusters past ``creating`` that this
@@ -92,6 +102,7 @@ class ClusterSnapshot:
         clock: Callable[[], float] = time.monotonic,
         *,
         fresh_s: float = FRESH_S,
+        wave: int = WAVE,
         follow_for_s: float = FOLLOW_FOR_S,
     ) -> None:
         self._api = api
@@ -100,12 +111,16 @@ class ClusterSnapshot:
         self._max_age_s = max_age_s
         self._clock = clock
         self._fresh_s = fresh_s
+        self._wave_size = wave
         self._follow_for_s = follow_for_s
         self._listing = ClusterScan(statuses={}, tagged={}, full={})
         self._taken_at = float("-inf")  # when the call behind ``_listing`` started
         self._last_start = float("-inf")
         self._pending: asyncio.Task[ClusterScan] | None = None
         self._pending_start = float("-inf")
+        self._wave = 0  # counts the lists started for waiting watches
+        self._waiting = 0  # watches waiting for the next list to start
+        self._next_start: asyncio.Future[None] | None = None  # resolved when a list starts
         self._followed: dict[str, float] = {}  # cluster id -> when a watch for it was seen
         self.calls = 0
 
@@ -120,38 +135,57 @@ class ClusterSnapshot:
         """The cluster carrying ``request_tag`` in a list younger than ``max_age_s``, or
         None; read in full (one GET when the list was scanned lean)."""
         listing = await self._recent()
-        cluster_id = listing.tagged.get(request_tag)
+        cluster_id = listing.tagged_with(request_tag)
         if cluster_id is None:
             return None
         cluster = listing.full.get(cluster_id)
         if cluster is None:
             cluster = await self._api.get_cluster(cluster_id)
-        return cluster
+        return cluster if request_tag in (cluster.tags or ()) else None
 
-    async def fresh(self) -> ClusterScan:
-        """A list that started no earlier than ``fresh_s`` before this call (see the class
-        docstring); waits at most ``max_age_s`` for it to start."""
+    async def fresh(self, watches: int = 1) -> ClusterScan:
+        """A list that started no earlier than ``fresh_s`` before this call, for a batch of
+        ``watches`` due watches (see the class docstring); waits at most ``max_age_s`` for
+        it. When ``wave`` watches are waiting already, the batch takes the latest list if it
+        is younger than ``max_age_s`` instead: past that many, waiting would hold more
+        watches than lists can serve."""
         after = self._clock() - self._fresh_s
-        while True:
-            pending = self._pending
-            if pending is not None and self._pending_start >= after:
-                return await asyncio.shield(pending)
-            if self._taken_at >= after:
-                return self._listing
-            if pending is not None:  # started too early for us: let it land, then ours
-                await asyncio.wait([pending])
-                continue
-            wait_s = self._last_start + self._max_age_s - self._clock()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-                continue
-            self._start()
+        wave = -1  # the wave this caller waits in
+        try:
+            while True:
+                pending = self._pending
+                if pending is not None and self._pending_start >= after:
+                    return await asyncio.shield(pending)
+                if self._taken_at >= after:
+                    return self._listing
+                if wave != self._wave:
+                    overrun = self._waiting + watches > self._wave_size
+                    if overrun and self._clock() - self._taken_at <= self._max_age_s:
+                        return self._listing
+                    wave = self._wave
+                    self._waiting += watches
+                if pending is not None:  # started too early for us: let it land, then ours
+                    await asyncio.wait([pending])
+                    continue
+                wait_s = self._last_start + self._max_age_s - self._clock()
+                if wait_s > 0:
+                    if self._next_start is None:
+                        self._next_start = asyncio.get_running_loop().create_future()
+                    started = self._next_start
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(started), wait_s)
+                    continue
+                self._start()
+        finally:
+            if wave == self._wave:  # left before the list it waited for started
+                self._waiting -= watches
 
     def follow(self, cluster_ids: Iterable[str]) -> None:
         """Watches for these clusters are in hand: read them in full once past ``creating``."""
         now = self._clock()
         for cluster_id in cluster_ids:
-            self._followed[cluster_id] = now
+            # Interned, as the lean scan's ids are: one string per cluster in every index.
+            self._followed[sys.intern(cluster_id)] = now
 
     def forget(self, cluster_id: str) -> None:
         """The watch for this cluster ended here."""
@@ -171,6 +205,12 @@ class ClusterSnapshot:
         task = asyncio.ensure_future(self._take(started))
         self._pending = task
         task.add_done_callback(self._landed)
+        # Everyone waiting so far is served by this list: a new wave begins.
+        self._wave += 1
+        self._waiting = 0
+        if self._next_start is not None:
+            self._next_start.set_result(None)
+            self._next_start = None
         return task
 
     def _landed(self, task: asyncio.Task[ClusterScan]) -> None:
@@ -200,7 +240,7 @@ class ClusterSnapshot:
         prefix = self._request_tags
         return ClusterScan(
             statuses={c.id: c.status for c in clusters},
-            tagged={t: c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
+            tagged={hash(t): c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
             full={c.id: c for c in clusters},
         )
 
@@ -233,17 +273,32 @@ class WatchHandler:
 
     async def handle_batch(self, watches: Sequence[WatchState]) -> list[WatchOutcome]:
         """Advance every watch; the outcome list is in the batch's order."""
-        listed: ClusterScan | None = None
+        listed: Listed | None = None
         creating = [w.cluster_id for w in watches if w.phase == "creating"]
         if self._snapshot is not None and creating:
             self._snapshot.follow(creating)
             try:
-                listed = await self._snapshot.fresh()
+                listing = await self._snapshot.fresh(len(creating))
             except ApiError as exc:
                 log.warning("watch_list_failed", error=str(exc), batch=len(watches))
-        results = await asyncio.gather(
-            *(self._advance(w, listed) for w in watches), return_exceptions=True
-        )
+            else:
+                # What the batch needs of the list, so that the list itself can go: with
+                # thousands of clusters it is the largest thing a batch would hold.
+                listed = {
+                    i: (listing.statuses[i], listing.full.get(i))
+                    for i in creating
+                    if i in listing.statuses
+                }
+                del listing
+        # A bounded number at a time: each step in progress holds its publish, its event
+        # and its task, and a batch can be hundreds of watches long.
+        steps = asyncio.Semaphore(STEPS_AT_ONCE)
+
+        async def advance(watch: WatchState) -> WatchOutcome:
+            async with steps:
+                return await self._advance(watch, listed)
+
+        results = await asyncio.gather(*(advance(w) for w in watches), return_exceptions=True)
         outcomes: list[WatchOutcome] = []
         for watch, result in zip(watches, results, strict=True):
             if isinstance(result, BaseException):
@@ -262,7 +317,7 @@ class WatchHandler:
                     self._snapshot.forget(watch.cluster_id)
         return outcomes
 
-    async def _advance(self, watch: WatchState, listed: ClusterScan | None) -> WatchOutcome:
+    async def _advance(self, watch: WatchState, listed: Listed | None) -> WatchOutcome:
         with structlog.contextvars.bound_contextvars(
             request_id=watch.request_id,
             cluster_id=watch.cluster_id,
@@ -304,13 +359,11 @@ class WatchHandler:
                 )
             return await self._again(watch)
 
-    async def _look(
-        self, watch: WatchState, listed: ClusterScan | None
-    ) -> tuple[str | None, DatabaseCluster | None] | None:
+    async def _look(self, watch: WatchState, listed: Listed | None) -> Seen | None:
         """The cluster's status and, when at hand, the cluster itself; None while a fresh
         cluster is not visible yet."""
-        if listed is not None and watch.cluster_id in listed.statuses:
-            return listed.statuses[watch.cluster_id], listed.full.get(watch.cluster_id)
+        if listed is not None and watch.cluster_id in listed:
+            return listed[watch.cluster_id]
         young = self._wall() - watch.accepted_at < self._grace_s
         if listed is not None and young:
             return None  # the list lags a fresh cluster; no extra call for it

@@ -53,7 +53,9 @@ BODY = json.dumps(
 def test_index_holds_every_status_and_request_tag() -> None:
     scan = read(BODY, [100] * (len(BODY) // 100))
     assert scan.statuses == {f"id-{i}": "online" if i % 3 == 0 else "creating" for i in range(40)}
-    assert scan.tagged == {f"provisioner:req:{i:04d}": f"id-{i}" for i in range(40)}
+    assert scan.tagged == {hash(f"provisioner:req:{i:04d}"): f"id-{i}" for i in range(40)}
+    assert scan.tagged_with("provisioner:req:0007") == "id-7"
+    assert scan.tagged_with("provisioner:req:9999") is None
     assert scan.full == {}
 
 

@@ -99,7 +99,7 @@ class ScanningApi(ListingApi):
         return ClusterScan(
             statuses={c.id: c.status for c in listed},
             tagged={
-                t: c.id
+                hash(t): c.id
                 for c in listed
                 for t in c.tags or ()
                 if tag_prefix and t.startswith(tag_prefix)
@@ -198,3 +198,19 @@ async def test_fresh_lists_are_spaced_by_max_age(max_age_s: float) -> None:
     elapsed = time.monotonic() - started
     assert api.list_calls == 4
     assert elapsed >= 3 * max_age_s * 0.9
+
+
+async def test_past_a_full_wave_of_waiting_watches_a_batch_takes_the_latest_list() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.5, fresh_s=0.0, wave=10)
+    first = await snapshot.fresh()
+    waiting = asyncio.create_task(snapshot.fresh(8))  # fits the wave: waits for a new list
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    started = time.monotonic()
+    latest = await snapshot.fresh(5)  # 8 + 5 would not: takes what there is, at once
+    assert time.monotonic() - started < 0.1
+    assert latest is first
+    assert api.list_calls == 1
+    assert await asyncio.wait_for(waiting, timeout=2.0) is not first
+    assert api.list_calls == 2
