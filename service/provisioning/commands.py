@@ -353,7 +353,9 @@ class CommandHandler:
     ) -> CommandOutcome:
         if attempt < self._max_attempts:
             log.info("create_retry_scheduled", attempt=attempt, error=str(exc))
-            first = {FIRST_ATTEMPT_HEADER: self._first_attempt_at(delivery)}
+            # A string: AMQP tables carry a Python float as 32 bits, far too coarse for
+            # epoch seconds.
+            first = {FIRST_ATTEMPT_HEADER: f"{self._first_attempt_at(delivery):.3f}"}
             delivery = msgspec.structs.replace(delivery, headers={**first, **delivery.headers})
             await self._work.retry_command(delivery, attempt)
             return CommandOutcome("retried", "ack")
