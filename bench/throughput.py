@@ -1,0 +1,312 @@
+"""Throughput: commands a second through the service, against a bare aio-pika loop doing the
+least any such service must do, on the same broker in the same run.
+
+Two paths:
+
+* reject: commands that fail validation; the service decodes, checks, parks the command and
+  publishes a ``rejected`` event, then acks;
+* accept: valid commands against a simulator with no delay and no rate limit; the service
+  decodes, checks the offer, creates the cluster, publishes ``status_changed`` and the watch
+  message, then acks (watches come back only after the measurement, so they do not count).
+
+The bare loop (``python -m bench.throughput --bare-loop PATH``, a child process like the
+service) consumes with the same prefetch, handles each message in its own task, publishes one
+event with a publisher confirm, then acks; on the accept path it first makes one aiohttp call
+(the same ``POST /v2/databases``). Each run starts with its commands already queued in a fresh
+virtual host; the rate is the number of results over the time between the first and the last
+result a subscriber receives, for the service and the bare loop alike. Each pair runs back to
+back (in alternating order from one pair to the next) and the ratio of each pair is reported;
+the goal (0.7) is judged on the median pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Final, Literal, get_args
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import AbstractIncomingMessage
+from msgspec import Struct
+
+from bench._harness import (
+    BENCH_TOKEN,
+    EventLog,
+    emit,
+    fresh_vhost,
+    print_table,
+    publish_many,
+    running_service,
+    running_simulator,
+    service_env,
+)
+from contracts.errors import FieldError
+from contracts.events import (
+    Rejected,
+    RejectedData,
+    StatusChanged,
+    StatusChangedData,
+    encode_event,
+    event_id,
+)
+from service.broker.topology import Topology, declare
+from service.simulator import SimulatorConfig
+
+Path = Literal["reject", "accept"]
+Who = Literal["bare loop", "service"]
+GOAL: Final = 0.7
+UNLIMITED: Final = 1_000_000_000
+POLL_INTERVAL_S: Final = 600.0  # watches stay in their delay queue for the whole run
+RESULT: Final[dict[str, str]] = {
+    "reject": "database.cluster.rejected",
+    "accept": "database.cluster.status_changed",
+}
+
+
+class Size(Struct, frozen=True, kw_only=True):
+    """One size of the benchmark."""
+
+    commands: int
+    rounds: int
+    prefetch: int
+
+
+QUICK = Size(commands=800, rounds=1, prefetch=16)
+FULL = Size(commands=3000, rounds=3, prefetch=64)
+
+
+def command(path: Path, run: str, i: int) -> bytes:
+    """A command for ``path``: valid, or with three errors the service must all report."""
+    name = f"tp-{run}-{i}"
+    cluster: dict[str, object] = {
+        "name": name,
+        "engine": "pg",
+        "version": "17",
+        "region": "nyc3",
+        "size": "db-s-1vcpu-2gb",
+        "num_nodes": 1,
+    }
+    if path == "reject":
+        cluster.update(num_nodes=0, size=7, colour="blue")
+    return json.dumps({"request_id": name, "cluster": cluster}).encode()
+
+
+# --- the bare loop (a child process) ------------------------------------------------------
+
+
+def _bare_event(path: Path) -> tuple[str, bytes]:
+    """The one event the bare loop publishes for every message: valid, so the subscriber
+    reads it exactly as it reads the service's."""
+    if path == "reject":
+        rejected = Rejected(
+            id=event_id("bare", "rejected"),
+            data=RejectedData(errors=[FieldError("$", "bare loop")], request_id="bare"),
+        )
+        return rejected.routing_key, encode_event(rejected)
+    changed = StatusChanged(
+        id=event_id("bare", "creating"),
+        data=StatusChangedData(
+            request_id="bare", cluster_id="bare", name="bare", engine="pg", status="creating"
+        ),
+    )
+    return changed.routing_key, encode_event(changed)
+
+
+async def bare_loop(path: Path, amqp_url: str, api_url: str, prefetch: int, count: int) -> None:
+    """Consume ``count`` commands: [POST], publish one event with a confirm, ack."""
+    topology = Topology(watch_delay_s=POLL_INTERVAL_S)
+    routing_key, body = _bare_event(path)
+    connection = await aio_pika.connect_robust(amqp_url)
+    publish = await connection.channel(publisher_confirms=True)
+    events = await publish.declare_exchange(
+        topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    consume = await connection.channel()
+    await consume.set_qos(prefetch_count=prefetch)
+    declared = topology.queue(topology.requests_queue)
+    queue = await consume.declare_queue(declared.name, durable=True, arguments=declared.arguments)
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
+    done = asyncio.Event()
+    handled = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(message: AbstractIncomingMessage) -> None:
+        nonlocal handled
+        if path == "accept":
+            create = json.dumps(json.loads(message.body)["cluster"]).encode()
+            async with session.post(f"{api_url}/v2/databases", data=create) as reply:
+                await reply.read()
+        event = aio_pika.Message(body, content_type="application/cloudevents+json", delivery_mode=2)
+        await events.publish(event, routing_key, timeout=30)
+        await message.ack()
+        handled += 1
+        if handled >= count:
+            done.set()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        task = asyncio.ensure_future(handle(message))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await queue.consume(on_message)
+    await asyncio.wait_for(done.wait(), timeout=600)
+    await session.close()
+    await connection.close()
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+class Run(Struct, frozen=True, kw_only=True):
+    """One measured run of the bare loop or of the service."""
+
+    path: str
+    who: str
+    results: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Results a second, between the first and the last."""
+        return (self.results - 1) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def measure(path: Path, who: Who, size: Size, run: str) -> Run:
+    """Queue the commands, start the consumer, time the results."""
+    config = SimulatorConfig(
+        ready_after_s=3600, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
+    )
+    topology = Topology(watch_delay_s=POLL_INTERVAL_S)
+    key = RESULT[path]
+    async with fresh_vhost("throughput") as amqp_url, running_simulator(config) as simulator:
+        connection = await aio_pika.connect_robust(amqp_url)
+        try:
+            channel = await connection.channel()
+            await declare(channel, topology)
+            await channel.close()
+            events = EventLog()
+            await events.subscribe(connection, topology.events_exchange)
+            await publish_many(
+                connection,
+                (command(path, run, i) for i in range(size.commands)),
+                routing_key=topology.requests_queue,
+            )
+
+            def complete() -> bool:
+                return events.count(key) >= size.commands
+
+            if who == "service":
+                env = service_env(
+                    amqp_url,
+                    simulator.base_url,
+                    poll_interval_s=POLL_INTERVAL_S,
+                    command_prefetch=size.prefetch,
+                    rate_limit_per_minute=UNLIMITED,
+                    rate_limit_per_hour=UNLIMITED,
+                )
+                async with running_service(env, f"throughput-{path}"):
+                    await events.wait_until(complete, timeout=600, what=f"service {path}")
+            else:
+                await _run_bare_loop(path, amqp_url, simulator.base_url, size, events, complete)
+        finally:
+            await connection.close()
+    times = events.times(key)
+    return Run(path=path, who=who, results=len(times), seconds=times[-1] - times[0])
+
+
+async def _run_bare_loop(
+    path: Path,
+    amqp_url: str,
+    api_url: str,
+    size: Size,
+    events: EventLog,
+    complete: Callable[[], bool],
+) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.throughput",
+        "--bare-loop",
+        path,
+        "--count",
+        str(size.commands),
+        "--prefetch",
+        str(size.prefetch),
+        env={**os.environ, "BENCH_AMQP_URL": amqp_url, "BENCH_API_URL": api_url},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        await events.wait_until(complete, timeout=600, what=f"throughput {path}")
+    finally:
+        code = await asyncio.wait_for(child.wait(), timeout=60)
+    if code != 0:
+        raise RuntimeError(f"the bare loop exited with {code}")
+
+
+async def benchmark(size: Size, label: str) -> dict[str, object]:
+    """Pairs of runs on both paths, the table and the figures."""
+    pairs: list[tuple[Run, Run]] = []
+    for n in range(size.rounds):
+        for path in get_args(Path):
+            tag = f"{n}-{int(time.time() * 1000) % 100000}"
+            # Each pair runs back to back, in alternating order, so slow drift on a shared
+            # machine does not favour one side.
+            order: tuple[Who, Who] = (
+                ("bare loop", "service") if n % 2 == 0 else ("service", "bare loop")
+            )
+            done = {who: await measure(path, who, size, f"{who[0]}{tag}") for who in order}
+            pairs.append((done["bare loop"], done["service"]))
+    print_table(
+        f"Throughput ({label}): {size.commands} commands per run, prefetch {size.prefetch}",
+        ("path", "bare loop cmd/s", "service cmd/s", "service/bare"),
+        [(b.path, b.rate, s.rate, s.rate / b.rate) for b, s in pairs],
+    )
+    figures: dict[str, object] = {"benchmark": "throughput", "size": label}
+    met = True
+    for path in get_args(Path):
+        mine = [(b, s) for b, s in pairs if b.path == path]
+        ratios = [s.rate / b.rate for b, s in mine]
+        median = statistics.median(ratios)
+        figures[f"{path}_service_per_s"] = round(statistics.median(s.rate for _, s in mine), 1)
+        figures[f"{path}_bare_per_s"] = round(statistics.median(b.rate for b, _ in mine), 1)
+        figures[f"{path}_ratio"] = round(median, 3)
+        figures[f"{path}_ratio_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        met = met and median >= GOAL
+    figures["goal_met"] = met
+    return figures
+
+
+def main() -> int:
+    """``python -m bench.throughput [--quick]`` (``--bare-loop`` is the baseline's child)."""
+    parser = argparse.ArgumentParser(description="throughput")
+    parser.add_argument("--quick", action="store_true", help="a size that ends within a minute")
+    parser.add_argument("--bare-loop", choices=("reject", "accept"), help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--prefetch", type=int, default=FULL.prefetch, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_loop:
+        asyncio.run(
+            bare_loop(
+                args.bare_loop,
+                os.environ["BENCH_AMQP_URL"],
+                os.environ["BENCH_API_URL"],
+                args.prefetch,
+                args.count,
+            )
+        )
+        return 0
+    size, label = (QUICK, "quick") if args.quick else (FULL, "full")
+    emit(asyncio.run(benchmark(size, label)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
