@@ -359,6 +359,9 @@ class CommandHandler:
             delivery = msgspec.structs.replace(delivery, headers={**first, **delivery.headers})
             await self._work.retry_command(delivery, attempt)
             return CommandOutcome("retried", "ack")
+        if isinstance(exc, Unprocessable):
+            # Looked for long enough: no cluster of this request hides behind the 422.
+            return await self._fail_api(delivery, command, exc, attempt)
         return await self._fail(
             delivery,
             command,
