@@ -18,7 +18,10 @@ from msgspec import Struct
 
 __all__ = ["DeclaredQueue", "Topology", "declare", "message_count"]
 
-DELIVERY_LIMIT: Final = 5
+# RabbitMQ 3.x counts a message returned because its consumer vanished (a killed replica,
+# a cut connection) as a delivery, not only a handler's failure: 20 leaves room for a
+# rough day of broker cuts while a real poison message still stops looping quickly.
+DELIVERY_LIMIT: Final = 20
 
 
 class DeclaredQueue(Struct, frozen=True):
