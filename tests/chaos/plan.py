@@ -15,67 +15,15 @@ from typing import Any, Final
 from msgspec import Struct
 
 from contracts.events import event_id
+from tests.integration.service_harness import ENGINE_SAMPLES
 
 __all__ = ["BAD_KINDS", "ENGINES", "PlannedRequest", "build_plan"]
 
 ENGINES: Final = ("pg", "mysql", "valkey", "mongodb", "kafka", "opensearch", "advanced_pg")
 
-# Valid clusters per engine; ``users``/``db_names`` are kept only for requests that ask
-# for them. Kafka has no version on purpose: DigitalOcean picks its default.
-_CLUSTERS: Final[dict[str, dict[str, Any]]] = {
-    "pg": {
-        "version": "17",
-        "size": "db-s-1vcpu-2gb",
-        "num_nodes": 2,
-        "users": [{"name": "app"}, {"name": "repl", "settings": {"pg_allow_replication": True}}],
-        "db_names": ["orders", "audit"],
-    },
-    "mysql": {
-        "version": "8",
-        "size": "db-s-1vcpu-1gb",
-        "num_nodes": 1,
-        "users": [{"name": "app", "mysql_settings": {"auth_plugin": "mysql_native_password"}}],
-        "db_names": ["shop"],
-    },
-    "valkey": {"version": "8", "size": "db-s-1vcpu-1gb", "num_nodes": 1},
-    "mongodb": {
-        "version": "7.0",
-        "size": "db-s-1vcpu-1gb",
-        "num_nodes": 3,
-        "users": [
-            {
-                "name": "reader",
-                "settings": {"mongo_user_settings": {"databases": ["catalog"], "role": "readOnly"}},
-            }
-        ],
-        "db_names": ["catalog"],
-    },
-    "kafka": {
-        "size": "db-s-2vcpu-2gb",
-        "num_nodes": 3,
-        "users": [
-            {"name": "ingest", "settings": {"acl": [{"topic": "orders", "permission": "produce"}]}}
-        ],
-    },
-    "opensearch": {
-        "version": "2",
-        "size": "db-s-1vcpu-2gb",
-        "num_nodes": 1,
-        "users": [
-            {
-                "name": "search",
-                "settings": {"opensearch_acl": [{"index": "logs-*", "permission": "read"}]},
-            }
-        ],
-    },
-    "advanced_pg": {
-        "version": "18",
-        "size": "gd-2vcpu-8gb",
-        "num_nodes": 3,
-        "users": [{"name": "app"}],
-        "db_names": ["ledger"],
-    },
-}
+# Valid clusters per engine, the same as the integration tests use; ``users``/``db_names``
+# are kept only for requests that ask for them.
+_CLUSTERS: Final[dict[str, dict[str, Any]]] = ENGINE_SAMPLES
 
 # Bad input the decoder refuses whatever the API says. Checks that need the options
 # (an unknown region) are left out: they fail open while the API is away, by design.
