@@ -3,6 +3,10 @@
 Acks are manual. ``message.process()`` is not used on purpose: it rejects (dead-letters)
 a message whose handler is cancelled at shutdown, and a shutdown is not the message's
 fault. Here a handler cut short at shutdown returns its message with ``nack(requeue=True)``.
+
+Acks of finished messages go out together (``AckBatcher``): one frame, and one settle for a
+quorum queue, for many messages, where one each cost the broker and this process most of
+the work of a command that needs no API call.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from service.provisioning.messages import WatchState, decode_watch
 from service.provisioning.ports import Delivery
 from service.provisioning.watch import WatchHandler, WatchOutcome
 
-__all__ = ["CommandConsumer", "WatchConsumer", "to_delivery"]
+__all__ = ["AckBatcher", "CommandConsumer", "WatchConsumer", "to_delivery"]
 
 log = structlog.get_logger(__name__)
 
@@ -40,18 +44,117 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
     )
 
 
-async def _settle(message: AbstractIncomingMessage, how: str) -> None:
+async def _settle(message: AbstractIncomingMessage, how: str, *, multiple: bool = False) -> None:
     # After a reconnect the delivery tag belongs to a dead channel; the broker has
     # already requeued the message, so a failed settle is only worth a log line.
     try:
         if how == "ack":
-            await message.ack()
+            await message.ack(multiple=multiple)
         elif how == "reject":
             await message.reject(requeue=False)
         else:
             await message.nack(requeue=True)
     except Exception as exc:
         log.info("settle_failed", how=how, error=repr(exc))
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object | None:
+    try:
+        return message.channel
+    except Exception:  # closed: its deliveries are back in the queue already
+        return None
+
+
+class AckBatcher:
+    """Acks the finished deliveries of one consumer together, once per turn of the loop.
+
+    Deliveries on a channel carry increasing tags. The finished ones at the front (no
+    unfinished delivery before them) go as one ``ack`` with ``multiple=True``; finished ones
+    behind an unfinished delivery are acked one by one at once, so that none waits for a
+    slow neighbour. A message leaves the books when it is acked here or, after its own nack
+    or reject went out, through ``settled``, so a multiple ack never covers a delivery in
+    progress or one already settled. A new channel (after a reconnect) starts new books: the
+    old deliveries are back in the queue and their acks fail harmlessly, one by one.
+    """
+
+    def __init__(self) -> None:
+        self._channel: object | None = None
+        # delivery tag -> the message once finished (None while it is handled), in tag order
+        self._open: dict[int, AbstractIncomingMessage | None] = {}
+        self._flush: asyncio.Task[None] | None = None
+        self._again = False
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        """A delivery arrived: it is in progress until ``finished`` or ``settled``."""
+        channel = _channel_of(message)
+        if channel is not self._channel:
+            self._channel = channel
+            self._open = {}
+        if message.delivery_tag is not None:
+            self._open[message.delivery_tag] = None
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """The message was nacked or rejected on its own (the frame is out)."""
+        if message.delivery_tag is not None and _channel_of(message) is self._channel:
+            self._open.pop(message.delivery_tag, None)
+
+    def finished(self, message: AbstractIncomingMessage) -> None:
+        """The message is done with: ack it with the next flush."""
+        tag = message.delivery_tag
+        if tag is None or tag not in self._open or _channel_of(message) is not self._channel:
+            self._spawn_single(message)
+            return
+        self._open[tag] = message
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.ensure_future(self._flush_all())
+        else:
+            self._again = True
+
+    async def drain(self) -> None:
+        """Wait until every finished message is acked."""
+        while self._flush is not None and not self._flush.done():
+            await asyncio.shield(self._flush)
+
+    def _spawn_single(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.ensure_future(_settle(message, "ack"))
+        _singles.add(task)
+        task.add_done_callback(_singles.discard)
+
+    async def _flush_all(self) -> None:
+        await asyncio.sleep(0)  # handlers that finish in this turn join the same ack
+        while True:
+            self._again = False
+            front, behind = self._take()
+            sends = [_settle(m, "ack") for m in behind]
+            if front is not None:
+                sends.append(_settle(front[0], "ack", multiple=front[1] > 1))
+            await asyncio.gather(*sends)
+            if not self._again:
+                return
+
+    def _take(
+        self,
+    ) -> tuple[tuple[AbstractIncomingMessage, int] | None, list[AbstractIncomingMessage]]:
+        """The last message of the finished run at the front (with the run's length), and
+        the finished messages behind the first unfinished one; all off the books."""
+        front: AbstractIncomingMessage | None = None
+        run = 0
+        behind: list[AbstractIncomingMessage] = []
+        blocked = False
+        for tag, message in list(self._open.items()):
+            if message is None:
+                blocked = True
+                continue
+            del self._open[tag]
+            if blocked:
+                behind.append(message)
+            else:
+                front, run = message, run + 1
+        return ((front, run) if front is not None else None), behind
+
+
+# Single acks in flight, held so that they are not collected before they ran.
+_singles: set[asyncio.Task[None]] = set()
 
 
 class _Consumer:
@@ -64,6 +167,7 @@ class _Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks = AckBatcher()
 
     @property
     def consuming(self) -> bool:
@@ -94,14 +198,21 @@ class _Consumer:
         back to the queue). Returns how many were cut short."""
         await self.stop()
         pending = set(self._tasks)
+        cut = 0
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace_s)
             for task in still:
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5.0)
-            return len(still)
-        return 0
+            cut = len(still)
+        await asyncio.wait_for(self._acks.drain(), timeout=5.0)
+        return cut
+
+    async def _return(self, message: AbstractIncomingMessage, how: str) -> None:
+        """Nack or reject one message on its own, then take it off the ack books."""
+        await _settle(message, how)
+        self._acks.settled(message)
 
     def _track(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -128,6 +239,7 @@ class CommandConsumer(_Consumer):
         self._on_outcome = on_outcome
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         self._track(self._handle(message))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
@@ -135,15 +247,18 @@ class CommandConsumer(_Consumer):
         try:
             outcome = await self._handler.handle(to_delivery(message))
         except asyncio.CancelledError:
-            await asyncio.shield(_settle(message, "requeue"))
+            await asyncio.shield(self._return(message, "requeue"))
             raise
         except Exception:
             # A bug or a broker failure mid-way: requeue; the queue's delivery limit moves
             # a message that keeps failing to the dead-letter queue instead of looping.
             log.exception("command_handler_crashed")
-            await _settle(message, "requeue")
+            await self._return(message, "requeue")
             return
-        await _settle(message, outcome.disposition)
+        if outcome.disposition == "ack":
+            self._acks.finished(message)
+        else:
+            await self._return(message, outcome.disposition)
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
@@ -174,11 +289,12 @@ class WatchConsumer(_Consumer):
         self._flush_timer: asyncio.TimerHandle | None = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         try:
             watch = decode_watch(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("watch_message_unreadable", error=str(exc))
-            await _settle(message, "reject")  # to the dead-letter queue, for a person
+            await self._return(message, "reject")  # to the dead-letter queue, for a person
             return
         self._buffer.append((message, watch))
         if len(self._buffer) >= self._batch_max:
@@ -218,18 +334,19 @@ class WatchConsumer(_Consumer):
         try:
             outcomes = await self._handler.handle_batch([w for _, w in batch])
         except asyncio.CancelledError:
-            await asyncio.shield(asyncio.gather(*(_settle(m, "requeue") for m, _ in batch)))
+            await asyncio.shield(asyncio.gather(*(self._return(m, "requeue") for m, _ in batch)))
             raise
         except Exception:
             log.exception("watch_batch_crashed", batch=len(batch))
-            await asyncio.gather(*(_settle(m, "requeue") for m, _ in batch))
+            await asyncio.gather(*(self._return(m, "requeue") for m, _ in batch))
             return
-        await asyncio.gather(
-            *(
-                _settle(m, "requeue" if o.outcome == "requeue" else "ack")
-                for (m, _), o in zip(batch, outcomes, strict=True)
-            )
-        )
+        returned = []
+        for (message, _), outcome in zip(batch, outcomes, strict=True):
+            if outcome.outcome == "requeue":
+                returned.append(self._return(message, "requeue"))
+            else:
+                self._acks.finished(message)
+        await asyncio.gather(*returned)
         if self._on_outcome is not None:
             for outcome in outcomes:
                 self._on_outcome(outcome)
