@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import aio_pika
 import aiohttp
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from contracts.events import Event, decode_event
 from service.broker.topology import Topology
@@ -238,6 +238,7 @@ class EventLog:
         self.received: list[tuple[float, Event]] = []
         self.counts: Counter[str] = Counter()
         self._changed = asyncio.Event()
+        self._channel: AbstractChannel | None = None
 
     async def subscribe(
         self, connection: AbstractRobustConnection, exchange: str, prefetch: int = 1000
@@ -249,6 +250,13 @@ class EventLog:
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(events, routing_key="#")
         await queue.consume(self._on_message)
+        self._channel = channel
+
+    async def close(self) -> None:
+        """Stop listening (the queue goes with the channel)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         arrived = time.monotonic()

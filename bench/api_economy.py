@@ -69,7 +69,7 @@ QUICK = Size(
     clusters=300, baseline_clusters=30, window_s=8.0, ready_after_s=6.0, poll_interval_s=2.0
 )
 FULL = Size(
-    clusters=1000, baseline_clusters=80, window_s=10.0, ready_after_s=40.0, poll_interval_s=8.0
+    clusters=1000, baseline_clusters=50, window_s=10.0, ready_after_s=24.0, poll_interval_s=8.0
 )
 
 
