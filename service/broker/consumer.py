@@ -24,7 +24,7 @@ from service.broker.topology import DeclaredQueue
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.messages import WatchState, decode_watch
 from service.provisioning.ports import Delivery
-from service.provisioning.watch import WatchHandler, WatchOutcome
+from service.provisioning.watch import DUE_HEADER, WatchHandler, WatchOutcome
 
 __all__ = ["AckBatcher", "CommandConsumer", "WatchConsumer", "to_delivery"]
 
@@ -223,6 +223,20 @@ class _Consumer:
         raise NotImplementedError
 
 
+def _due(batch: list[tuple[AbstractIncomingMessage, WatchState]]) -> float | None:
+    """The latest due time the batch's watches carry (``DUE_HEADER``), if any does."""
+    due: float | None = None
+    for message, _ in batch:
+        value = (message.headers or {}).get(DUE_HEADER)
+        try:
+            stamp = float(str(value)) if value is not None else None
+        except ValueError:
+            stamp = None  # unreadable: the watch is simply looked at with a fresh list
+        if stamp is not None and (due is None or stamp > due):
+            due = stamp
+    return due
+
+
 class CommandConsumer(_Consumer):
     """``provisioner.requests`` -> ``CommandHandler``, many commands at once."""
 
@@ -332,7 +346,7 @@ class WatchConsumer(_Consumer):
         self, batch: list[tuple[AbstractIncomingMessage, WatchState]]
     ) -> None:
         try:
-            outcomes = await self._handler.handle_batch([w for _, w in batch])
+            outcomes = await self._handler.handle_batch([w for _, w in batch], due=_due(batch))
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.gather(*(self._return(m, "requeue") for m, _ in batch)))
             raise

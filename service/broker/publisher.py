@@ -30,6 +30,7 @@ from service.provisioning.messages import (
     encode_watch,
 )
 from service.provisioning.ports import Delivery
+from service.provisioning.watch import DUE_HEADER, LOOKED_AT
 
 __all__ = ["PublishObserver", "RabbitPublisher"]
 
@@ -113,10 +114,16 @@ class RabbitPublisher:
         )
 
     async def schedule_watch(self, watch: WatchState) -> None:
-        """The watch, back after one poll interval."""
+        """The watch, back after one poll interval (due one interval after the list it looked
+        at, when it looked at one: see ``DUE_HEADER``)."""
+        looked_at = LOOKED_AT.get()
+        headers: dict[str, Any] | None = None
+        if looked_at is not None:
+            headers = {DUE_HEADER: f"{looked_at + self._topology.watch_delay_s:.3f}"}
         message = aio_pika.Message(
             encode_watch(watch),
             content_type=WATCH_CONTENT_TYPE,
+            headers=headers,
             delivery_mode=DeliveryMode.PERSISTENT,
             message_id=watch.cluster_id,
             app_id=APP_ID,

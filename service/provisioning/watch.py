@@ -13,13 +13,14 @@ import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 import structlog
 from msgspec import Struct
 
-from contracts.digitalocean import DatabaseCluster, DatabaseUserCreate
+from contracts.digitalocean import CaCertificate, DatabaseCluster, DatabaseUserCreate
 from contracts.events import ApiErrorDetail, Event, FailureReason
 from service.digitalocean import (
     ApiError,
@@ -35,20 +36,40 @@ from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
 
-__all__ = ["ClusterScanner", "ClusterSnapshot", "WatchHandler", "WatchOutcome"]
+__all__ = [
+    "DUE_HEADER",
+    "LOOKED_AT",
+    "ClusterScanner",
+    "ClusterSnapshot",
+    "WatchHandler",
+    "WatchOutcome",
+]
 
 log = structlog.get_logger(__name__)
 
 TRANSIENT: Final = (RateLimited, ServerError, TransportError)
+
+DUE_HEADER: Final = "x-provisioner-due"
+"""On a watch message: when it is due again (wall clock, seconds, as a string, since AMQP
+would send a float as 32 bits): one poll interval after the start of the list it last saw.
+A batch needs a list started after that, not after its own arrival, so that the watches one
+list served, however spread out they come back, share the next list too."""
+LOOKED_AT: ContextVar[float | None] = ContextVar("provisioner_watch_looked_at", default=None)
+"""While a watch step runs: when the list it looked at started (wall clock); the publisher
+turns it into the ``DUE_HEADER`` of the watch it sends back."""
 Outcome = Literal["waiting", "ready", "failed", "requeue"]
 Seen = tuple[str | None, DatabaseCluster | None]  # a cluster's status, and itself if at hand
 Listed = dict[str, Seen]  # what a list showed of a batch's clusters, by id
-# Batches of due watches arriving this close together share one list call.
-FRESH_S: Final = 0.15
+# A watch on its first look takes a list that started at most this long before it came.
+FRESH_S: Final = 0.1
+# Clocks of replicas differ a little: a list this much older than a watch's due time does.
+DUE_SLACK_S: Final = 0.05
+# Lists for due watches that may start back to back; on average one per max age.
+BURST: Final = 4.0
 # Watches that may wait for a fresh list at once; more take the latest list instead.
-WAVE: Final = 250
+WAVE: Final = 400
 # Watch steps of one batch in progress at once (publishes pipeline within them).
-STEPS_AT_ONCE: Final = 64
+STEPS_AT_ONCE: Final = 500
 # A cluster whose watch has not been seen for this long is no longer read in full.
 FOLLOW_FOR_S: Final = 3600.0
 
@@ -80,13 +101,19 @@ class ClusterSnapshot:
 
     * a command's precheck (``clusters``, ``created_by``) takes any list younger than
       ``max_age_s``;
-    * a batch of due watches (``fresh``) needs a list that started after the batch arrived
-      (``fresh_s`` of slack lets the batches of one wave share it), or a watch could miss a
-      change by one more poll interval. Such lists start at most once per ``max_age_s``: a
-      batch that comes sooner waits for the next one, and, sent back together, its watches
-      keep arriving together. So lists stay few however many clusters are followed. Only
-      when more than ``wave`` watches would be waiting (more than lists can serve) does a
-      batch take the latest list, as a command does.
+    * a batch of due watches (``fresh``) needs a list that started after the watches were
+      due (``DUE_HEADER``), or a watch could miss a change by one more poll interval. The
+      watches that one list served are due together and share the next list too, however
+      spread out they come back: they travel as a wave. A watch on its first look carries
+      no due time and needs a list that started at most ``fresh_s`` before it came: it
+      waits for the next one (its cluster is hardly ever ready yet), and the watches that
+      list serves are handled, sent back and so come back together, as a tight wave. Lists
+      start one per ``max_age_s`` on average (a bucket of ``burst`` lists that refills at
+      that rate): a batch that finds the bucket empty waits for the next one, and so joins
+      another wave; the burst lets waves that come a little early or late keep their own
+      list instead of waiting for a slot on a fixed grid. Only when more than ``wave``
+      watches would be waiting (more than lists can serve) does a batch take the latest
+      list, as a command does.
 
     With an API that can scan (``ClusterScanner``) the list is read lean: every cluster's
     status and request tag, and in full only the clusters past ``creating`` that this
@@ -101,7 +128,9 @@ class ClusterSnapshot:
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
         *,
+        wall: Callable[[], float] = time.time,
         fresh_s: float = FRESH_S,
+        burst: float = BURST,
         wave: int = WAVE,
         follow_for_s: float = FOLLOW_FOR_S,
     ) -> None:
@@ -109,14 +138,17 @@ class ClusterSnapshot:
         self._tag = tag
         self._request_tags = f"{tag}:req:"  # commands.request_tag's shape
         self._max_age_s = max_age_s
+        self._burst = burst
+        self._tokens = burst  # lists that may start now, as of ``_tokens_at``
+        self._tokens_at = clock()
         self._clock = clock
+        self._wall = wall
         self._fresh_s = fresh_s
         self._wave_size = wave
         self._follow_for_s = follow_for_s
         self._listing = ClusterScan(statuses={}, tagged={}, full={})
         self._taken_at = float("-inf")  # when the call behind ``_listing`` started
-        self._last_start = float("-inf")
-        self._pending: asyncio.Task[ClusterScan] | None = None
+        self._pending: asyncio.Task[tuple[ClusterScan, float]] | None = None
         self._pending_start = float("-inf")
         self._wave = 0  # counts the lists started for waiting watches
         self._waiting = 0  # watches waiting for the next list to start
@@ -143,42 +175,54 @@ class ClusterSnapshot:
             cluster = await self._api.get_cluster(cluster_id)
         return cluster if request_tag in (cluster.tags or ()) else None
 
-    async def fresh(self, watches: int = 1) -> ClusterScan:
-        """A list that started no earlier than ``fresh_s`` before this call, for a batch of
-        ``watches`` due watches (see the class docstring); waits at most ``max_age_s`` for
-        it. When ``wave`` watches are waiting already, the batch takes the latest list if it
-        is younger than ``max_age_s`` instead: past that many, waiting would hold more
+    async def fresh(
+        self, watches: int = 1, *, due: float | None = None
+    ) -> tuple[ClusterScan, float]:
+        """A list that started no earlier than ``due`` (wall clock: when the batch's watches
+        were due, see ``DUE_HEADER``), or without one, no earlier than ``fresh_s`` before this
+        call; for a batch of ``watches`` due watches (see the class docstring). Returns the
+        list and when it started (wall clock). Waits at most ``max_age_s`` for the list to
+        start. When ``wave`` watches are waiting already, the batch takes the latest list if
+        it is younger than ``max_age_s`` instead: past that many, waiting would hold more
         watches than lists can serve."""
-        after = self._clock() - self._fresh_s
+        now = self._clock()
+        if due is None:
+            after = now - self._fresh_s
+        else:  # never a list from the future; a little slack for clocks between replicas
+            after = min(now, due - self._wall() + now - DUE_SLACK_S)
         wave = -1  # the wave this caller waits in
         try:
             while True:
                 pending = self._pending
                 if pending is not None and self._pending_start >= after:
-                    return await asyncio.shield(pending)
+                    listing, started = await asyncio.shield(pending)
+                    return listing, self._as_wall(started)
                 if self._taken_at >= after:
-                    return self._listing
+                    return self._listing, self._as_wall(self._taken_at)
                 if wave != self._wave:
                     overrun = self._waiting + watches > self._wave_size
                     if overrun and self._clock() - self._taken_at <= self._max_age_s:
-                        return self._listing
+                        return self._listing, self._as_wall(self._taken_at)
                     wave = self._wave
                     self._waiting += watches
                 if pending is not None:  # started too early for us: let it land, then ours
                     await asyncio.wait([pending])
                     continue
-                wait_s = self._last_start + self._max_age_s - self._clock()
+                wait_s = self._token_wait_s()
                 if wait_s > 0:
                     if self._next_start is None:
                         self._next_start = asyncio.get_running_loop().create_future()
-                    started = self._next_start
+                    next_start = self._next_start
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(started), wait_s)
+                        await asyncio.wait_for(asyncio.shield(next_start), wait_s)
                     continue
                 self._start()
         finally:
             if wave == self._wave:  # left before the list it waited for started
                 self._waiting -= watches
+
+    def _as_wall(self, monotonic: float) -> float:
+        return monotonic + self._wall() - self._clock()
 
     def follow(self, cluster_ids: Iterable[str]) -> None:
         """Watches for these clusters are in hand: read them in full once past ``creating``."""
@@ -197,11 +241,14 @@ class ClusterSnapshot:
         if self._clock() - self._taken_at <= self._max_age_s:
             return self._listing
         pending = self._pending if self._pending is not None else self._start()
-        return await asyncio.shield(pending)
+        listing, _ = await asyncio.shield(pending)
+        return listing
 
-    def _start(self) -> asyncio.Task[ClusterScan]:
+    def _start(self) -> asyncio.Task[tuple[ClusterScan, float]]:
         started = self._clock()
-        self._pending_start = self._last_start = started
+        self._pending_start = started
+        self._tokens = max(0.0, self._tokens_now(started) - 1.0)
+        self._tokens_at = started
         task = asyncio.ensure_future(self._take(started))
         self._pending = task
         task.add_done_callback(self._landed)
@@ -213,13 +260,23 @@ class ClusterSnapshot:
             self._next_start = None
         return task
 
-    def _landed(self, task: asyncio.Task[ClusterScan]) -> None:
+    def _tokens_now(self, now: float) -> float:
+        if self._max_age_s <= 0:
+            return self._burst
+        return min(self._burst, self._tokens + (now - self._tokens_at) / self._max_age_s)
+
+    def _token_wait_s(self) -> float:
+        """Seconds until a list may start (0: now)."""
+        missing = 1.0 - self._tokens_now(self._clock())
+        return max(0.0, missing * self._max_age_s)
+
+    def _landed(self, task: asyncio.Task[tuple[ClusterScan, float]]) -> None:
         if self._pending is task:
             self._pending = None
         if not task.cancelled():
             task.exception()  # seen: every waiter gets it through its shield
 
-    async def _take(self, started: float) -> ClusterScan:
+    async def _take(self, started: float) -> tuple[ClusterScan, float]:
         self.calls += 1
         if isinstance(self._api, ClusterScanner):
             listing = await self._api.scan_clusters(
@@ -231,7 +288,7 @@ class ClusterSnapshot:
         self._followed = {k: seen for k, seen in self._followed.items() if seen >= horizon}
         if started >= self._taken_at:
             self._listing, self._taken_at = listing, started
-        return listing
+        return listing, started
 
     def _wanted(self, cluster_id: str, status: str | None) -> bool:
         return status != "creating" and cluster_id in self._followed
@@ -243,6 +300,15 @@ class ClusterSnapshot:
             tagged={hash(t): c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
             full={c.id: c for c in clusters},
         )
+
+
+class _StepFailed(Exception):
+    """A finishing step failed with an API error."""
+
+    def __init__(self, step: str, error: ApiError) -> None:
+        super().__init__(step)
+        self.step = step
+        self.error = error
 
 
 class WatchHandler:
@@ -271,17 +337,23 @@ class WatchHandler:
         self._on_unauthorized = on_unauthorized
         self._wall = wall
 
-    async def handle_batch(self, watches: Sequence[WatchState]) -> list[WatchOutcome]:
-        """Advance every watch; the outcome list is in the batch's order."""
+    async def handle_batch(
+        self, watches: Sequence[WatchState], *, due: float | None = None
+    ) -> list[WatchOutcome]:
+        """Advance every watch; the outcome list is in the batch's order. ``due``: when the
+        watches were due (wall clock, from ``DUE_HEADER``), if they say."""
         listed: Listed | None = None
         creating = [w.cluster_id for w in watches if w.phase == "creating"]
         if self._snapshot is not None and creating:
             self._snapshot.follow(creating)
             try:
-                listing = await self._snapshot.fresh(len(creating))
+                listing, started = await self._snapshot.fresh(len(creating), due=due)
             except ApiError as exc:
                 log.warning("watch_list_failed", error=str(exc), batch=len(watches))
             else:
+                # The watches sent back are due again one interval after this list: with
+                # that on them, the ones this list served come back as one wave.
+                LOOKED_AT.set(started)
                 # What the batch needs of the list, so that the list itself can go: with
                 # thousands of clusters it is the largest thing a batch would hold.
                 listed = {
@@ -342,13 +414,20 @@ class WatchHandler:
                 return await self._again(watch)
             looked_status, cluster = seen
             status = looked_status or watch.status or "creating"
+            announcing: asyncio.Task[None] | None = None
             if status != watch.status:
-                await self._publish(
+                changed = self._publish(
                     watch, self._factory.status_changed(watch, status, watch.status)
                 )
                 watch = msgspec.structs.replace(watch, status=status)
+                if status == "online":
+                    # Pipelined: the finishing calls need not wait for this event's confirm,
+                    # only the next event about the cluster does.
+                    announcing = asyncio.ensure_future(changed)
+                else:
+                    await changed
             if status == "online":
-                return await self._finish(watch, cluster)
+                return await self._finish(watch, cluster, after=announcing)
             if self._wall() >= watch.deadline:
                 waited = self._wall() - watch.accepted_at
                 return await self._fail(
@@ -375,8 +454,48 @@ class WatchHandler:
             raise
         return cluster.status, cluster
 
-    async def _finish(self, watch: WatchState, cluster: DatabaseCluster | None) -> WatchOutcome:
-        """Create the requested users and databases, fetch the CA, announce the details."""
+    async def _finish(
+        self,
+        watch: WatchState,
+        cluster: DatabaseCluster | None,
+        *,
+        after: asyncio.Task[None] | None = None,
+    ) -> WatchOutcome:
+        """Create the requested users and databases, fetch the CA, announce the details;
+        nothing goes out before ``after`` (the event announcing ``online``) is confirmed."""
+        details: tuple[DatabaseCluster, CaCertificate] | _StepFailed
+        try:
+            details = await self._details(watch, cluster)
+        except _StepFailed as failed:
+            details = failed
+        finally:
+            if after is not None:
+                await after
+        if isinstance(details, _StepFailed):
+            step, exc = details.step, details.error
+            if isinstance(exc, Unauthorized):
+                await self._on_unauthorized()
+                return await self._again(msgspec.structs.replace(watch, phase="finishing"))
+            if isinstance(exc, TRANSIENT):
+                return await self._finish_later(watch, step, exc)
+            return await self._fail(
+                watch,
+                "finishing",
+                f"{step} failed: {exc.message}",
+                step=step,
+                api_error=api_error_detail(exc),
+            )
+        cluster, ca = details
+        await self._publish(watch, self._factory.connection_ready(watch, cluster, ca.certificate))
+        took = self._wall() - watch.accepted_at
+        log.info("connection_ready", seconds=round(took, 3))
+        return WatchOutcome("ready", time_to_online_s=took)
+
+    async def _details(
+        self, watch: WatchState, cluster: DatabaseCluster | None
+    ) -> tuple[DatabaseCluster, CaCertificate]:
+        """The cluster as it is once its users and databases exist, and its CA; raises
+        ``_StepFailed`` naming the step an ``ApiError`` came from."""
         step = "get_cluster"
         try:
             if cluster is None or watch.users or watch.db_names:
@@ -399,23 +518,9 @@ class WatchHandler:
                 cluster = await self._api.get_cluster(watch.cluster_id)
             step = "get_ca"
             ca = await self._api.get_ca(watch.cluster_id)
-        except Unauthorized:
-            await self._on_unauthorized()
-            return await self._again(msgspec.structs.replace(watch, phase="finishing"))
-        except TRANSIENT as exc:
-            return await self._finish_later(watch, step, exc)
         except ApiError as exc:
-            return await self._fail(
-                watch,
-                "finishing",
-                f"{step} failed: {exc.message}",
-                step=step,
-                api_error=api_error_detail(exc),
-            )
-        await self._publish(watch, self._factory.connection_ready(watch, cluster, ca.certificate))
-        took = self._wall() - watch.accepted_at
-        log.info("connection_ready", seconds=round(took, 3))
-        return WatchOutcome("ready", time_to_online_s=took)
+            raise _StepFailed(step, exc) from exc
+        return cluster, ca
 
     async def _add_user(self, cluster_id: str, user: DatabaseUserCreate) -> None:
         try:

@@ -111,24 +111,25 @@ class ScanningApi(ListingApi):
 async def test_batches_arriving_together_share_one_fresh_list() -> None:
     api = ListingApi([cluster(1), cluster(2)])
     snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
-    first, second = await asyncio.gather(snapshot.fresh(), snapshot.fresh())
+    (first, started), (second, _) = await asyncio.gather(snapshot.fresh(), snapshot.fresh())
     assert first is second
+    assert abs(started - time.time()) < 1.0  # when the list started, by the wall clock
     assert api.list_calls == 1
     assert set(first.statuses) == {"id-1", "id-2"}
 
 
 async def test_a_later_batch_waits_for_a_list_started_after_it_arrived() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
-    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S, fresh_s=0.01)
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S, fresh_s=0.01, burst=1.0)
     await snapshot.fresh()
     api.clusters = [cluster(1, "online")]
     await asyncio.sleep(0.03)  # the first list is stale for a batch arriving now
     arrived = time.monotonic()
-    listing = await snapshot.fresh()
+    listing, _ = await snapshot.fresh()
     waited = time.monotonic() - arrived
     assert listing.statuses["id-1"] == "online"
     assert api.list_calls == 2
-    # Lists start at most once per max_age: this one had to wait for its turn.
+    # With a bucket of one, lists start at most once per max_age: this one waited its turn.
     assert MAX_AGE_S - 0.03 - 0.02 <= waited <= MAX_AGE_S + 0.2
 
 
@@ -157,7 +158,7 @@ async def test_a_lean_scan_reads_in_full_only_followed_clusters_past_creating() 
     api = ScanningApi([cluster(1, "online"), cluster(2, "online"), cluster(3)])
     snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
     snapshot.follow(["id-1", "id-3"])
-    listing = await snapshot.fresh()
+    listing, _ = await snapshot.fresh()
     assert api.scans == 1
     assert listing.statuses == {"id-1": "online", "id-2": "online", "id-3": "creating"}
     assert set(listing.full) == {"id-1"}
@@ -171,10 +172,10 @@ async def test_forgotten_clusters_are_no_longer_read_in_full() -> None:
     api = ScanningApi([cluster(1, "online")])
     snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0)
     snapshot.follow(["id-1"])
-    assert set((await snapshot.fresh()).full) == {"id-1"}
+    assert set((await snapshot.fresh())[0].full) == {"id-1"}
     snapshot.forget("id-1")
     await asyncio.sleep(0.01)
-    assert (await snapshot.fresh()).full == {}
+    assert (await snapshot.fresh())[0].full == {}
 
 
 async def test_a_failed_list_reaches_its_waiters_and_the_next_call_tries_again() -> None:
@@ -184,33 +185,56 @@ async def test_a_failed_list_reaches_its_waiters_and_the_next_call_tries_again()
     results = await asyncio.gather(snapshot.fresh(), snapshot.fresh(), return_exceptions=True)
     assert all(isinstance(r, ServerError) for r in results)
     assert api.list_calls == 1
-    assert set((await snapshot.fresh()).statuses) == {"id-1"}
+    assert set((await snapshot.fresh())[0].statuses) == {"id-1"}
 
 
 @pytest.mark.parametrize("max_age_s", [0.0, MAX_AGE_S])
-async def test_fresh_lists_are_spaced_by_max_age(max_age_s: float) -> None:
+async def test_fresh_lists_start_one_per_max_age_after_a_burst(max_age_s: float) -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
-    snapshot = ClusterSnapshot(api, TAG, max_age_s, fresh_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s, fresh_s=0.0, burst=2.0)
     started = time.monotonic()
-    for _ in range(4):
+    for _ in range(5):
         await snapshot.fresh()
         await asyncio.sleep(0.001)
     elapsed = time.monotonic() - started
-    assert api.list_calls == 4
+    assert api.list_calls == 5
+    # Two at once from the full bucket, then one per max_age: three waits.
     assert elapsed >= 3 * max_age_s * 0.9
+    assert elapsed < 3 * max_age_s + 0.2
 
 
 async def test_past_a_full_wave_of_waiting_watches_a_batch_takes_the_latest_list() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.5, fresh_s=0.0, wave=10)
-    first = await snapshot.fresh()
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.5, fresh_s=0.0, burst=1.0, wave=10)
+    first, _ = await snapshot.fresh()
     waiting = asyncio.create_task(snapshot.fresh(8))  # fits the wave: waits for a new list
     await asyncio.sleep(0.05)
     assert not waiting.done()
     started = time.monotonic()
-    latest = await snapshot.fresh(5)  # 8 + 5 would not: takes what there is, at once
+    latest, _ = await snapshot.fresh(5)  # 8 + 5 would not: takes what there is, at once
     assert time.monotonic() - started < 0.1
     assert latest is first
     assert api.list_calls == 1
-    assert await asyncio.wait_for(waiting, timeout=2.0) is not first
+    assert (await asyncio.wait_for(waiting, timeout=2.0))[0] is not first
     assert api.list_calls == 2
+
+
+async def test_watches_due_after_one_list_share_the_next_however_late_they_come() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.2, fresh_s=0.0, burst=1.0)
+    _, looked = await snapshot.fresh()  # the list a wave of watches looked at
+    due = looked + 0.25  # they are due again a (short) poll interval later
+    await asyncio.sleep(0.3)
+    first, started = await snapshot.fresh(due=due)  # the wave's first batch: a new list
+    assert started >= due - 0.06
+    await asyncio.sleep(0.3)  # stragglers of the same wave, long after the list started
+    straggler, _ = await snapshot.fresh(due=due)
+    assert straggler is first
+    assert api.list_calls == 2
+
+
+async def test_a_due_time_in_the_future_asks_for_no_more_than_a_new_list() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0)
+    await asyncio.wait_for(snapshot.fresh(due=time.time() + 3600), timeout=1.0)
+    assert api.list_calls == 1
