@@ -202,7 +202,12 @@ class Service:
         )
         factory = EventFactory(s.event_source, s.event_secrets)
         snapshot = (
-            ClusterSnapshot(self.api, s.managed_tag, max_age_s=min(1.0, s.poll_interval_s / 4))
+            ClusterSnapshot(
+                self.api,
+                s.managed_tag,
+                max_age_s=min(1.0, s.poll_interval_s / 4),
+                period_s=s.poll_interval_s,
+            )
             if s.poll_mode == "list"
             else None
         )

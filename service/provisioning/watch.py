@@ -9,6 +9,7 @@ GET per cluster, which is what lets one token follow thousands of clusters.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sys
 import time
@@ -68,6 +69,8 @@ DUE_SLACK_S: Final = 0.05
 BURST: Final = 4.0
 # Watches that may wait for a fresh list at once; more take the latest list instead.
 WAVE: Final = 400
+# First looks that may wait for a wave's next list at once; more start a wave of their own.
+JOIN: Final = 200
 # Watch steps of one batch in progress at once (publishes pipeline within them).
 STEPS_AT_ONCE: Final = 500
 # A cluster whose watch has not been seen for this long is no longer read in full.
@@ -105,9 +108,13 @@ class ClusterSnapshot:
       due (``DUE_HEADER``), or a watch could miss a change by one more poll interval. The
       watches that one list served are due together and share the next list too, however
       spread out they come back: they travel as a wave. A watch on its first look carries
-      no due time and needs a list that started at most ``fresh_s`` before it came: it
-      waits for the next one (its cluster is hardly ever ready yet), and the watches that
-      list serves are handled, sent back and so come back together, as a tight wave. Lists
+      no due time. Given the poll interval (``period_s``), it joins the wave whose next
+      list comes soonest: it waits for that list, at most a poll interval (its cluster was
+      created a poll interval ago and is hardly ever ready yet), so that new clusters add
+      no lists of their own however they trickle in. With no wave to join (or ``join``
+      watches joining already), it needs a list that started at most ``fresh_s`` before
+      it came and waits for the next one; the watches that list serves are handled, sent
+      back and so come back together, as a tight wave: a new one. Lists
       start one per ``max_age_s`` on average (a bucket of ``burst`` lists that refills at
       that rate): a batch that finds the bucket empty waits for the next one, and so joins
       another wave; the burst lets waves that come a little early or late keep their own
@@ -133,6 +140,8 @@ class ClusterSnapshot:
         burst: float = BURST,
         wave: int = WAVE,
         follow_for_s: float = FOLLOW_FOR_S,
+        period_s: float | None = None,
+        join: int = JOIN,
     ) -> None:
         self._api = api
         self._tag = tag
@@ -154,6 +163,10 @@ class ClusterSnapshot:
         self._waiting = 0  # watches waiting for the next list to start
         self._next_start: asyncio.Future[None] | None = None  # resolved when a list starts
         self._followed: dict[str, float] = {}  # cluster id -> when a watch for it was seen
+        self._period_s = period_s
+        self._join_limit = join
+        self._joining = 0  # first looks waiting for a wave's next list
+        self._wave_starts: collections.deque[float] = collections.deque()  # last period's
         self.calls = 0
 
     # --- what the callers ask ---------------------------------------------------------
@@ -184,7 +197,12 @@ class ClusterSnapshot:
         list and when it started (wall clock). Waits at most ``max_age_s`` for the list to
         start. When ``wave`` watches are waiting already, the batch takes the latest list if
         it is younger than ``max_age_s`` instead: past that many, waiting would hold more
-        watches than lists can serve."""
+        watches than lists can serve. A batch of first looks may join a wave instead (see the
+        class docstring)."""
+        if due is None:
+            joined = await self._join(watches)
+            if joined is not None:
+                return joined
         now = self._clock()
         if due is None:
             after = now - self._fresh_s
@@ -195,14 +213,13 @@ class ClusterSnapshot:
             while True:
                 pending = self._pending
                 if pending is not None and self._pending_start >= after:
-                    listing, started = await asyncio.shield(pending)
-                    return listing, self._as_wall(started)
+                    return self._served(*await asyncio.shield(pending))
                 if self._taken_at >= after:
-                    return self._listing, self._as_wall(self._taken_at)
+                    return self._served(self._listing, self._taken_at)
                 if wave != self._wave:
                     overrun = self._waiting + watches > self._wave_size
                     if overrun and self._clock() - self._taken_at <= self._max_age_s:
-                        return self._listing, self._as_wall(self._taken_at)
+                        return self._served(self._listing, self._taken_at)
                     wave = self._wave
                     self._waiting += watches
                 if pending is not None:  # started too early for us: let it land, then ours
@@ -220,6 +237,56 @@ class ClusterSnapshot:
         finally:
             if wave == self._wave:  # left before the list it waited for started
                 self._waiting -= watches
+
+    async def _join(self, watches: int) -> tuple[ClusterScan, float] | None:
+        """The next list of the wave due soonest, for a batch of first looks; None when
+        there is no wave to join, too many watches are joining already, a wave's list that is
+        fresh enough for them is at hand, or the wave does not come (then the batch has a list
+        of its own)."""
+        now = self._clock()
+        if self._wave_starts and self._wave_starts[-1] >= now - self._fresh_s:
+            return None  # a wave's list just served a batch: taking it is joining that wave
+        expected = self._next_wave(now)
+        if expected is None or self._joining + watches > self._join_limit:
+            return None
+        after = expected - DUE_SLACK_S
+        give_up_at = expected + max(self._max_age_s, self._fresh_s)
+        self._joining += watches
+        try:
+            while True:
+                pending = self._pending
+                if pending is not None and self._pending_start >= after:
+                    return self._served(*await asyncio.shield(pending))
+                if self._taken_at >= after:
+                    return self._served(self._listing, self._taken_at)
+                wait_s = give_up_at - self._clock()
+                if wait_s <= 0:
+                    return None
+                if self._next_start is None:
+                    self._next_start = asyncio.get_running_loop().create_future()
+                next_start = self._next_start
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(next_start), wait_s)
+        finally:
+            self._joining -= watches
+
+    def _served(self, listing: ClusterScan, started: float) -> tuple[ClusterScan, float]:
+        """A batch of watches looked at the list that started at ``started`` (monotonic):
+        they come back together one poll interval later, as a wave; the list and its start
+        by the wall clock."""
+        if not self._wave_starts or started > self._wave_starts[-1]:
+            self._wave_starts.append(started)
+        return listing, self._as_wall(started)
+
+    def _next_wave(self, now: float) -> float | None:
+        """When the next list of a wave is expected (monotonic): one poll interval after a
+        list that served a batch of watches within the last interval; the soonest such."""
+        if self._period_s is None:
+            return None
+        starts = self._wave_starts
+        while starts and starts[0] + self._period_s <= now:
+            starts.popleft()
+        return starts[0] + self._period_s if starts else None
 
     def _as_wall(self, monotonic: float) -> float:
         return monotonic + self._wall() - self._clock()

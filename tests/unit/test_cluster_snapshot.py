@@ -238,3 +238,55 @@ async def test_a_due_time_in_the_future_asks_for_no_more_than_a_new_list() -> No
     snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0)
     await asyncio.wait_for(snapshot.fresh(due=time.time() + 3600), timeout=1.0)
     assert api.list_calls == 1
+
+
+async def test_a_first_look_joins_the_next_list_of_the_wave_due_soonest() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    period = 0.3
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    _, looked = await snapshot.fresh()  # a wave's list
+    await asyncio.sleep(0.1)
+    joining = asyncio.create_task(snapshot.fresh())  # a new cluster's first look
+    await asyncio.sleep(0.1)
+    assert not joining.done()  # waits for the wave instead of listing on its own
+    assert api.list_calls == 1
+    await asyncio.sleep(max(0.0, looked + period - time.time()))
+    wave, started = await snapshot.fresh(due=looked + period)  # the wave comes back
+    joined, joined_started = await asyncio.wait_for(joining, timeout=1.0)
+    assert joined is wave
+    assert joined_started == pytest.approx(started, abs=1e-3)  # the same list
+    assert api.list_calls == 2
+
+
+async def test_a_first_look_whose_wave_does_not_come_lists_on_its_own() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    period = 0.2
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    _, looked = await snapshot.fresh()  # a wave whose clusters all finish: it never returns
+    listing, started = await asyncio.wait_for(snapshot.fresh(), timeout=1.0)
+    assert api.list_calls == 2
+    assert started >= looked + period  # it waited for the wave first
+    assert listing.statuses == {"id-1": "creating"}
+
+
+async def test_first_looks_past_the_join_limit_list_on_their_own_at_once() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, period_s=10.0, join=3)
+    await snapshot.fresh()
+    joining = asyncio.create_task(snapshot.fresh(2))  # joins the wave, ten seconds away
+    await asyncio.sleep(0.05)
+    arrived = time.monotonic()
+    await asyncio.wait_for(snapshot.fresh(2), timeout=1.0)  # 2 + 2 > 3: a list of its own
+    assert time.monotonic() - arrived < 0.5
+    assert api.list_calls == 2
+    assert not joining.done()
+    joining.cancel()
+
+
+async def test_without_a_poll_interval_first_looks_never_wait_for_a_wave() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0)
+    await snapshot.fresh()
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(snapshot.fresh(), timeout=0.5)
+    assert api.list_calls == 2
