@@ -71,8 +71,9 @@ BURST: Final = 4.0
 WAVE: Final = 400
 # First looks that may wait for a wave's next list at once; more start a wave of their own.
 JOIN: Final = 200
-# Watch steps of one batch in progress at once (publishes pipeline within them).
-STEPS_AT_ONCE: Final = 500
+# Watch steps in progress at once in one process, whatever the batches (publishes pipeline
+# within them). Each holds its task, its publish and its event: a few KiB.
+STEPS_AT_ONCE: Final = 64
 # A cluster whose watch has not been seen for this long is no longer read in full.
 FOLLOW_FOR_S: Final = 3600.0
 
@@ -393,6 +394,7 @@ class WatchHandler:
         finish_max_attempts: int,
         on_unauthorized: Callable[[], Awaitable[None]],
         wall: Callable[[], float] = time.time,
+        steps_at_once: int = STEPS_AT_ONCE,
     ) -> None:
         self._api = api
         self._events = events
@@ -403,6 +405,10 @@ class WatchHandler:
         self._finish_max_attempts = finish_max_attempts
         self._on_unauthorized = on_unauthorized
         self._wall = wall
+        # Shared by every batch: with the watch prefetch in hundreds, many small batches
+        # can be in hand at once, and a limit per batch would bound nothing.
+        self._steps = asyncio.Semaphore(steps_at_once)
+        self._steps_at_once = steps_at_once
 
     async def handle_batch(
         self, watches: Sequence[WatchState], *, due: float | None = None
@@ -429,20 +435,27 @@ class WatchHandler:
                     if i in listing.statuses
                 }
                 del listing
-        # A bounded number at a time: each step in progress holds its publish, its event
-        # and its task, and a batch can be hundreds of watches long.
-        steps = asyncio.Semaphore(STEPS_AT_ONCE)
+        # A bounded number of steps at a time (``steps_at_once``, across batches), by workers
+        # that take the batch's next watch when theirs is done: a task per watch waiting for
+        # a slot would hold hundreds at once.
+        results: list[WatchOutcome | Exception | None] = [None] * len(watches)
+        queue = iter(enumerate(watches))
 
-        async def advance(watch: WatchState) -> WatchOutcome:
-            async with steps:
-                return await self._advance(watch, listed)
+        async def worker() -> None:
+            for i, watch in queue:
+                async with self._steps:
+                    try:
+                        results[i] = await self._advance(watch, listed)
+                    except Exception as exc:
+                        results[i] = exc
 
-        results = await asyncio.gather(*(advance(w) for w in watches), return_exceptions=True)
+        workers = min(self._steps_at_once, len(watches))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         outcomes: list[WatchOutcome] = []
         for watch, result in zip(watches, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
+            if result is None:  # pragma: no cover - every worker ran to the end
+                raise RuntimeError("a watch step did not run")
+            if isinstance(result, Exception):
                 log.error(
                     "watch_step_crashed",
                     request_id=watch.request_id,

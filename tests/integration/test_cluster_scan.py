@@ -9,7 +9,11 @@ import time
 import pytest
 
 from contracts.digitalocean import DatabaseClusterCreate
+from service import observability
+from service.app import SecretRegisteringApi
 from service.digitalocean import DigitalOceanClient, RateLimiter
+from service.observability import SecretRegistry, scrub_text
+from service.provisioning.watch import ClusterScanner
 from service.simulator import Simulator
 from tests.fixtures.simulator import SimulatorFactory
 
@@ -61,3 +65,29 @@ async def test_scan_of_an_untagged_account_is_empty(simulator: Simulator) -> Non
     async with DigitalOceanClient(simulator.base_url, simulator.config.token) as do:
         scan = await do.scan_clusters("provisioner", tag_prefix="provisioner:req:")
     assert (scan.statuses, scan.tagged, scan.full) == ({}, {}, {})
+
+
+async def test_the_service_api_door_scans_lean_and_registers_what_it_read_in_full(
+    simulator_factory: SimulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service hands its watches ``SecretRegisteringApi``, not the client: unless that
+    door can scan too, every list reads every cluster of the account in full."""
+    monkeypatch.setattr(observability, "secret_registry", SecretRegistry())
+    simulator = await simulator_factory(ready_after_s=0.0, stuck_fraction=0.5)
+    fill(simulator, 50)
+    async with DigitalOceanClient(simulator.base_url, simulator.config.token) as do:
+        api = SecretRegisteringApi(do)
+        assert isinstance(api, ClusterScanner)
+        listed = await do.list_clusters("provisioner")
+        online = [c for c in listed if c.status == "online" and c.connection is not None]
+        wanted = {online[0].id}
+        scan = await api.scan_clusters(
+            "provisioner",
+            tag_prefix="provisioner:req:",
+            full=lambda cluster_id, status: cluster_id in wanted,
+        )
+    assert set(scan.full) == wanted
+    assert scan.statuses == {c.id: c.status for c in listed}
+    password = scan.full[online[0].id].connection.password  # type: ignore[union-attr]
+    assert password
+    assert scrub_text(f"the password is {password}") == "the password is ***"
