@@ -379,6 +379,15 @@ class _StepFailed(Exception):
         self.error = error
 
 
+def _routine(watch: WatchState, listed: Listed | None) -> bool:
+    """True when this watch's step will most likely only send it back to wait: its cluster
+    is as it was at the last look."""
+    if watch.phase != "creating":
+        return False
+    seen = listed.get(watch.cluster_id) if listed is not None else None
+    return seen is None or seen[0] in (None, watch.status)
+
+
 class WatchHandler:
     """Advances each watch of a batch by one step."""
 
@@ -438,8 +447,10 @@ class WatchHandler:
         # A bounded number of steps at a time (``steps_at_once``, across batches), by workers
         # that take the batch's next watch when theirs is done: a task per watch waiting for
         # a slot would hold hundreds at once.
+        # Watches with news go first (a cluster that changed status, one being finished): a
+        # subscriber waits for their events, while the rest only go back to wait.
         results: list[WatchOutcome | Exception | None] = [None] * len(watches)
-        queue = iter(enumerate(watches))
+        queue = iter(sorted(enumerate(watches), key=lambda item: _routine(item[1], listed)))
 
         async def worker() -> None:
             for i, watch in queue:
