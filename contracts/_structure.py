@@ -15,7 +15,7 @@ import difflib
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -242,7 +242,7 @@ class StructureChecker:
         if not isinstance(v, dict):
             add(FieldError(path, f"Expected `object`, got `{_json_type(v)}`"))
             return
-        fields = {f.encode_name: f for f in t.fields}
+        fields, names = _fields(t)
         read_only = self._read_only.get(t.cls, frozenset())
         for key in v:
             if key in fields:
@@ -251,14 +251,35 @@ class StructureChecker:
             if key in read_only:
                 add(FieldError(where, f"`{key}` is read-only: DigitalOcean sets it; remove it"))
             else:
-                close = difflib.get_close_matches(key[:MAX_SHOWN], list(fields), n=1)
-                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                close = _close_match(key[:MAX_SHOWN], names)
+                hint = f" (did you mean `{close}`?)" if close else ""
                 add(FieldError(where, f"unknown field `{_shown(key)}`{hint}"))
         for name, field in fields.items():
             if name in v:
                 self._walk(v[name], field.type, _child(path, name), add)
             elif field.required:
                 add(FieldError(_child(path, name), f"required field `{name}` is missing"))
+
+
+# Struct class -> its fields by JSON name, and those names in order.
+_FIELDS: dict[type, tuple[dict[str, mi.Field], tuple[str, ...]]] = {}
+
+
+def _fields(t: mi.StructType) -> tuple[dict[str, mi.Field], tuple[str, ...]]:
+    # Built once per contract type, not per message: the walk meets the same few Structs.
+    known = _FIELDS.get(t.cls)
+    if known is None:
+        fields = {f.encode_name: f for f in t.fields}
+        known = _FIELDS[t.cls] = (fields, tuple(fields))
+    return known
+
+
+@lru_cache(maxsize=1024)
+def _close_match(key: str, names: tuple[str, ...]) -> str | None:
+    # difflib costs more than the rest of a check; producers repeat the same mistakes, and
+    # the bound keeps a producer that sends ever new names from growing the cache.
+    close = difflib.get_close_matches(key, names, n=1)
+    return close[0] if close else None
 
 
 # A hostile producer can send a field name of any length; errors quote at most this much
