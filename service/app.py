@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +35,7 @@ from service.broker.publisher import RabbitPublisher
 from service.broker.topology import Topology, declare
 from service.config import ConfigError, Settings, load_settings
 from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
+from service.digitalocean.client import ClusterScan
 from service.http import HealthServer
 from service.metrics import ProvisionerMetrics
 from service.observability import configure_logging, register_secret
@@ -99,6 +101,20 @@ class SecretRegisteringApi:
     async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
         return [_registered(c) for c in await self._client.list_clusters(tag_name)]
 
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+    ) -> ClusterScan:
+        # Offered so that ClusterSnapshot reads the list lean: every cluster's status and
+        # request tag, and in full (passwords registered) only the clusters it follows.
+        scan = await self._client.scan_clusters(tag_name, tag_prefix=tag_prefix, full=full)
+        for cluster in scan.full.values():
+            _registered(cluster)
+        return scan
+
     async def get_options(self) -> DatabaseOptions:
         return await self._client.get_options()
 
@@ -129,11 +145,12 @@ def _registered(cluster: DatabaseCluster) -> DatabaseCluster:
         cluster.ui_connection,
         cluster.schema_registry_connection,
     )
-    for connection in connections:
-        if connection is not None and connection.password:
-            register_secret(connection.password)
+    # Each connection and the admin user repeat one password: register each value once.
+    values = {c.password for c in connections if c is not None and c.password}
     for user in cluster.users or []:
-        _register_user(user)
+        values.update(v for v in (user.password, user.access_key) if v)
+    for value in values:
+        register_secret(value)
     return cluster
 
 
