@@ -151,6 +151,9 @@ class RabbitPublisher:
 
 def _bounded_reason(errors: list[FieldError]) -> bytes:
     """The errors as JSON within MAX_REASON_BYTES: as many whole errors as fit, then a note."""
+    whole = msgspec.json.encode(errors)
+    if len(whole) + 1 <= MAX_REASON_BYTES - 64:  # what the loop below would keep: all of them
+        return whole
     kept: list[FieldError] = []
     size = 2
     for error in errors:
