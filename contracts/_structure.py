@@ -15,7 +15,7 @@ import difflib
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -26,6 +26,8 @@ from contracts.errors import FieldError
 # Per Struct class: field names the API documents as read-only on that object. Sending
 # one gets "read-only" instead of "unknown field", which is what a producer needs to hear.
 ReadOnlyFields = Mapping[type, frozenset[str]]
+# Where the walk reports an error.
+Add = Callable[[FieldError], None]
 
 _JSON_NAMES: dict[type[mi.Type], str] = {
     mi.StrType: "str",
@@ -130,99 +132,94 @@ class StructureChecker:
             self._walk(value, _type_info(target), path, add)
         return errors
 
-    def _walk(self, v: Any, t: mi.Type, path: str, add: Callable[[FieldError], None]) -> None:
-        def fail(message: str) -> None:
-            add(FieldError(path, message))
+    def _walk(self, v: Any, t: mi.Type, path: str, add: Add) -> None:
+        # One lookup by the type's class instead of a chain of isinstance checks: the walk
+        # visits every value of every command.
+        step = _STEPS.get(type(t))
+        if step is None:
+            # Only reachable when a contract starts using a type this walker does not know;
+            # the property tests exercise every contract type, so they catch it first.
+            raise TypeError(f"StructureChecker cannot check {type(t).__name__}")
+        step(self, v, t, path, add)
 
-        if isinstance(t, mi.AnyType):
-            return
-        if isinstance(t, mi.UnionType):
-            self._walk_union(v, t, path, add)
-            return
-        if isinstance(t, mi.NoneType):
-            if v is not None:
-                fail(f"Expected `null`, got `{_json_type(v)}`")
-            return
-        if isinstance(t, mi.LiteralType):
-            if isinstance(v, bool) or not isinstance(v, str | int) or v not in t.values:
-                got = _quote(v)[:80] if isinstance(v, str | int) else f"`{_json_type(v)}`"
-                fail(f"Expected one of {_describe(t)}, got {got}")
-            return
-        if isinstance(t, mi.StrType):
-            if not isinstance(v, str):
-                fail(f"Expected `str`, got `{_json_type(v)}`")
-                return
-            problem = _length(len(v), t.min_length, t.max_length, "str")
-            if problem is None and t.pattern is not None and not _compiled(t.pattern).search(v):
-                problem = self._pattern_help.get(
-                    t.pattern, f"Expected `str` matching regex {t.pattern!r}"
-                )
-            if problem:
-                fail(problem)
-            return
-        if isinstance(t, mi.BoolType):
-            if not isinstance(v, bool):
-                fail(f"Expected `bool`, got `{_json_type(v)}`")
-            return
-        if isinstance(t, mi.IntType):
-            if isinstance(v, bool) or not isinstance(v, int):
-                fail(f"Expected `int`, got `{_json_type(v)}`")
-                return
-            problem = _bounds(v, t)
-            if problem:
-                fail(problem)
-            return
-        if isinstance(t, mi.FloatType):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                fail(f"Expected `float`, got `{_json_type(v)}`")
-                return
-            problem = _bounds(v, t)
-            if problem:
-                fail(problem)
-            return
-        if isinstance(t, mi.DateTimeType | mi.UUIDType):
-            if not isinstance(v, str):
-                fail(f"Expected `{_describe(t)}`, got `{_json_type(v)}`")
-                return
-            try:
-                if isinstance(t, mi.UUIDType):
-                    uuid.UUID(v)
-                else:
-                    msgspec.convert(v, dt.datetime)
-            except (ValueError, msgspec.ValidationError):
-                fail(f"Invalid RFC3339 encoded {_describe(t)}")
-            return
-        if isinstance(t, mi.ListType):
-            if not isinstance(v, list):
-                fail(f"Expected `array`, got `{_json_type(v)}`")
-                return
-            problem = _length(len(v), t.min_length, t.max_length, "array")
-            if problem:
-                fail(problem)
-            for i, item in enumerate(v):
-                self._walk(item, t.item_type, f"{path}[{i}]", add)
-            return
-        if isinstance(t, mi.DictType):
-            if not isinstance(v, dict):
-                fail(f"Expected `object`, got `{_json_type(v)}`")
-                return
-            problem = _length(len(v), t.min_length, t.max_length, "object")
-            if problem:
-                fail(problem)
-            for key, item in v.items():
-                self._walk(key, t.key_type, f"{path}[{_quote(key)}]", add)
-                self._walk(item, t.value_type, f"{path}[{_quote(key)}]", add)
-            return
-        if isinstance(t, mi.StructType):
-            self._walk_struct(v, t, path, add)
-            return
-        # Only reachable when a contract starts using a type this walker does not know;
-        # the property tests exercise every contract type, so they catch it first.
-        raise TypeError(f"StructureChecker cannot check {type(t).__name__}")
+    def _walk_any(self, v: Any, t: mi.AnyType, path: str, add: Add) -> None:
+        return
 
-    def _walk_union(
-        self, v: Any, t: mi.UnionType, path: str, add: Callable[[FieldError], None]
-    ) -> None:
+    def _walk_none(self, v: Any, t: mi.NoneType, path: str, add: Add) -> None:
+        if v is not None:
+            add(FieldError(path, f"Expected `null`, got `{_json_type(v)}`"))
+
+    def _walk_literal(self, v: Any, t: mi.LiteralType, path: str, add: Add) -> None:
+        if isinstance(v, bool) or not isinstance(v, str | int) or v not in t.values:
+            got = _quote(v)[:80] if isinstance(v, str | int) else f"`{_json_type(v)}`"
+            add(FieldError(path, f"Expected one of {_describe(t)}, got {got}"))
+
+    def _walk_str(self, v: Any, t: mi.StrType, path: str, add: Add) -> None:
+        if not isinstance(v, str):
+            add(FieldError(path, f"Expected `str`, got `{_json_type(v)}`"))
+            return
+        problem = _length(len(v), t.min_length, t.max_length, "str")
+        if problem is None and t.pattern is not None and not _compiled(t.pattern).search(v):
+            problem = self._pattern_help.get(
+                t.pattern, f"Expected `str` matching regex {t.pattern!r}"
+            )
+        if problem:
+            add(FieldError(path, problem))
+
+    def _walk_bool(self, v: Any, t: mi.BoolType, path: str, add: Add) -> None:
+        if not isinstance(v, bool):
+            add(FieldError(path, f"Expected `bool`, got `{_json_type(v)}`"))
+
+    def _walk_int(self, v: Any, t: mi.IntType, path: str, add: Add) -> None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            add(FieldError(path, f"Expected `int`, got `{_json_type(v)}`"))
+            return
+        problem = _bounds(v, t)
+        if problem:
+            add(FieldError(path, problem))
+
+    def _walk_float(self, v: Any, t: mi.FloatType, path: str, add: Add) -> None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            add(FieldError(path, f"Expected `float`, got `{_json_type(v)}`"))
+            return
+        problem = _bounds(v, t)
+        if problem:
+            add(FieldError(path, problem))
+
+    def _walk_stamp(self, v: Any, t: mi.DateTimeType | mi.UUIDType, path: str, add: Add) -> None:
+        if not isinstance(v, str):
+            add(FieldError(path, f"Expected `{_describe(t)}`, got `{_json_type(v)}`"))
+            return
+        try:
+            if isinstance(t, mi.UUIDType):
+                uuid.UUID(v)
+            else:
+                msgspec.convert(v, dt.datetime)
+        except (ValueError, msgspec.ValidationError):
+            add(FieldError(path, f"Invalid RFC3339 encoded {_describe(t)}"))
+
+    def _walk_list(self, v: Any, t: mi.ListType, path: str, add: Add) -> None:
+        if not isinstance(v, list):
+            add(FieldError(path, f"Expected `array`, got `{_json_type(v)}`"))
+            return
+        problem = _length(len(v), t.min_length, t.max_length, "array")
+        if problem:
+            add(FieldError(path, problem))
+        for i, item in enumerate(v):
+            self._walk(item, t.item_type, f"{path}[{i}]", add)
+
+    def _walk_dict(self, v: Any, t: mi.DictType, path: str, add: Add) -> None:
+        if not isinstance(v, dict):
+            add(FieldError(path, f"Expected `object`, got `{_json_type(v)}`"))
+            return
+        problem = _length(len(v), t.min_length, t.max_length, "object")
+        if problem:
+            add(FieldError(path, problem))
+        for key, item in v.items():
+            self._walk(key, t.key_type, f"{path}[{_quote(key)}]", add)
+            self._walk(item, t.value_type, f"{path}[{_quote(key)}]", add)
+
+    def _walk_union(self, v: Any, t: mi.UnionType, path: str, add: Add) -> None:
         if v is None and any(isinstance(x, mi.NoneType) for x in t.types):
             return
         options = [x for x in t.types if not isinstance(x, mi.NoneType)]
@@ -236,13 +233,11 @@ class StructureChecker:
                 return
         add(FieldError(path, f"Expected `{_describe(t)}`, got `{_json_type(v)}`"))
 
-    def _walk_struct(
-        self, v: Any, t: mi.StructType, path: str, add: Callable[[FieldError], None]
-    ) -> None:
+    def _walk_struct(self, v: Any, t: mi.StructType, path: str, add: Add) -> None:
         if not isinstance(v, dict):
             add(FieldError(path, f"Expected `object`, got `{_json_type(v)}`"))
             return
-        fields = {f.encode_name: f for f in t.fields}
+        fields, names = _fields(t)
         read_only = self._read_only.get(t.cls, frozenset())
         for key in v:
             if key in fields:
@@ -251,14 +246,54 @@ class StructureChecker:
             if key in read_only:
                 add(FieldError(where, f"`{key}` is read-only: DigitalOcean sets it; remove it"))
             else:
-                close = difflib.get_close_matches(key[:MAX_SHOWN], list(fields), n=1)
-                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                close = _close_match(key[:MAX_SHOWN], names)
+                hint = f" (did you mean `{close}`?)" if close else ""
                 add(FieldError(where, f"unknown field `{_shown(key)}`{hint}"))
         for name, field in fields.items():
             if name in v:
                 self._walk(v[name], field.type, _child(path, name), add)
             elif field.required:
                 add(FieldError(_child(path, name), f"required field `{name}` is missing"))
+
+
+# Struct class -> its fields by JSON name, and those names in order.
+_FIELDS: dict[type, tuple[dict[str, mi.Field], tuple[str, ...]]] = {}
+
+
+def _fields(t: mi.StructType) -> tuple[dict[str, mi.Field], tuple[str, ...]]:
+    # Built once per contract type, not per message: the walk meets the same few Structs.
+    known = _FIELDS.get(t.cls)
+    if known is None:
+        fields = {f.encode_name: f for f in t.fields}
+        known = _FIELDS[t.cls] = (fields, tuple(fields))
+    return known
+
+
+@lru_cache(maxsize=1024)
+def _close_match(key: str, names: tuple[str, ...]) -> str | None:
+    # difflib costs more than the rest of a check; producers repeat the same mistakes, and
+    # the bound keeps a producer that sends ever new names from growing the cache.
+    close = difflib.get_close_matches(key, names, n=1)
+    return close[0] if close else None
+
+
+_Step = Callable[[StructureChecker, Any, Any, str, Add], None]
+# The walker's step for each kind of type (``msgspec.inspect`` classes are final).
+_STEPS: Final[dict[type[mi.Type], _Step]] = {
+    mi.AnyType: StructureChecker._walk_any,
+    mi.UnionType: StructureChecker._walk_union,
+    mi.NoneType: StructureChecker._walk_none,
+    mi.LiteralType: StructureChecker._walk_literal,
+    mi.StrType: StructureChecker._walk_str,
+    mi.BoolType: StructureChecker._walk_bool,
+    mi.IntType: StructureChecker._walk_int,
+    mi.FloatType: StructureChecker._walk_float,
+    mi.DateTimeType: StructureChecker._walk_stamp,
+    mi.UUIDType: StructureChecker._walk_stamp,
+    mi.ListType: StructureChecker._walk_list,
+    mi.DictType: StructureChecker._walk_dict,
+    mi.StructType: StructureChecker._walk_struct,
+}
 
 
 # A hostile producer can send a field name of any length; errors quote at most this much

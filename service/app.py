@@ -110,6 +110,7 @@ class SecretRegisteringApi:
     ) -> ClusterScan:
         # Without this the watches' ``ClusterSnapshot`` sees no scanner and reads every
         # cluster of the account in full at each list: megabytes with thousands of clusters.
+        # Lean, only the clusters it follows are read in full (their passwords registered).
         scan = await self._client.scan_clusters(tag_name, tag_prefix=tag_prefix, full=full)
         for cluster in scan.full.values():
             _registered(cluster)
@@ -145,11 +146,12 @@ def _registered(cluster: DatabaseCluster) -> DatabaseCluster:
         cluster.ui_connection,
         cluster.schema_registry_connection,
     )
-    for connection in connections:
-        if connection is not None and connection.password:
-            register_secret(connection.password)
+    # Each connection and the admin user repeat one password: register each value once.
+    values = {c.password for c in connections if c is not None and c.password}
     for user in cluster.users or []:
-        _register_user(user)
+        values.update(v for v in (user.password, user.access_key) if v)
+    for value in values:
+        register_secret(value)
     return cluster
 
 

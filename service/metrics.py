@@ -137,11 +137,14 @@ class _Metric:
         return self.name
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.label_names):
-            raise ValueError(
-                f"{self.name} takes labels {list(self.label_names)}, got {sorted(labels)}"
-            )
-        return tuple(str(labels[name]) for name in self.label_names)
+        # As many labels as names, each name among them: the same two sets, without
+        # building them on every update.
+        if len(labels) == len(self.label_names):
+            try:
+                return tuple([str(labels[name]) for name in self.label_names])
+            except KeyError:
+                pass
+        raise ValueError(f"{self.name} takes labels {list(self.label_names)}, got {sorted(labels)}")
 
     def _bounded(self, key: LabelValues, known: Collection[LabelValues]) -> LabelValues:
         if key in known or len(known) < self.max_series:

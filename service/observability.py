@@ -1,10 +1,14 @@
 """Logging set-up: structlog for our code and the libraries', with secrets scrubbed from every line.
 
 Every line, whether it comes from ``structlog.get_logger()`` or from a stdlib logger
-(``aio_pika``, ``aiormq``, ``aiohttp``), goes through one chain: context variables
+(``aio_pika``, ``aiormq``, ``aiohttp``), gets the same steps: context variables
 (``request_id``, ``cluster_id``, ``correlation_id``), ISO timestamp, level, logger name,
 exception text, then :func:`redact_secrets`, then the JSON (or console) renderer. Redaction runs
-after exceptions are formatted, so a password quoted in a traceback is scrubbed too.
+after exceptions are formatted, so a password quoted in a traceback is scrubbed too. Our own
+lines take those steps in structlog and are written straight to the stream (under the stdlib
+handler's lock); only the libraries' lines travel through ``logging``: a ``LogRecord``, the
+caller lookup and the formatter's copy made a line (one per command) cost about 2.5 times
+what these steps do.
 
 Two kinds of redaction:
 
@@ -17,6 +21,7 @@ Two kinds of redaction:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -294,6 +299,40 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+class _LineWriter:
+    """The end of the chain of our own loggers: the rendered line to the stream of the
+    handler ``configure_logging`` installed, under that handler's lock, so that it never
+    interleaves with a library's line. Like a logging handler, it never raises."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
+        self.name = name  # read by add_logger_name
+        self._handler = handler
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        handler = self._handler
+        try:
+            with handler.lock or contextlib.nullcontext():
+                handler.stream.write(message + "\n")
+                handler.stream.flush()
+        except Exception:  # a closed or broken stream: the line is lost, the caller is not
+            if logging.raiseExceptions and sys.__stderr__ is not None:
+                with contextlib.suppress(Exception):
+                    sys.__stderr__.write("logging: a line could not be written\n")
+
+    debug = info = warning = warn = error = critical = fatal = exception = msg
+
+
+class _LineWriterFactory:
+    """structlog's logger factory: a ``_LineWriter`` named as ``get_logger(name)`` asked."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *args: Any) -> _LineWriter:
+        return _LineWriter(self._handler, str(args[0]) if args else "root")
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -326,16 +365,16 @@ def configure_logging(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=_is_terminal(out))
     )
+    finishing: list[Processor] = [
+        structlog.processors.StackInfoRenderer(),
+        # Exceptions become text before redaction, so the traceback is scrubbed too.
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        renderer,
+    ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.StackInfoRenderer(),
-            # Exceptions become text before redaction, so the traceback is scrubbed too.
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finishing],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
@@ -349,14 +388,10 @@ def configure_logging(
     root.setLevel(numeric_level)
 
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *_shared_processors(),
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*_shared_processors(), *finishing],
+        logger_factory=_LineWriterFactory(handler),
+        # Lines below the level cost a method call that returns at once.
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         # Not cached: a later configure_logging (or capture_logs in a test) must reach
         # loggers that modules created at import time.
         cache_logger_on_first_use=False,

@@ -295,14 +295,11 @@ class CommandHandler:
         try:
             # Only an optimisation and a conflict check: when the list is slow or failing,
             # go on to the POST, whose 422 still catches a cluster this request created.
-            clusters = await asyncio.wait_for(self._snapshot.clusters(), PRECHECK_TIMEOUT_S)
+            # The snapshot's index answers it in one lookup, not a walk over every cluster.
+            return await asyncio.wait_for(self._snapshot.created_by(tag), PRECHECK_TIMEOUT_S)
         except (ApiError, TimeoutError) as exc:
             log.info("precheck_skipped", error=str(exc) or type(exc).__name__)
             return None
-        for cluster in clusters.values():
-            if tag in (cluster.tags or []):
-                return cluster
-        return None
 
     async def _find_by_name(self, name: str) -> DatabaseCluster | None:
         for cluster in await self._api.list_clusters(tag_name=self._managed_tag):

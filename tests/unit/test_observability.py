@@ -447,3 +447,11 @@ def test_capture_logs_with_the_redaction_processor_sees_redacted_events() -> Non
     with capture_logs(processors=[redact_secrets]) as captured:
         structlog.get_logger("service.test").info("user_created", detail=f"pw={password}")
     assert captured == [{"event": "user_created", "detail": "pw=***", "log_level": "info"}]
+
+
+def test_a_line_that_cannot_be_written_never_fails_the_caller() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    stream.close()
+    structlog.get_logger("service.test").info("lost")  # no exception, as with logging
+    logging.getLogger("aiohttp.client").info("lost too")
