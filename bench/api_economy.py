@@ -141,9 +141,6 @@ async def run_mode(size: Size, mode: Literal["list", "per-cluster"], clusters: i
                 rate_limit_per_hour=PER_HOUR,
                 rate_limit_minute_window_s=window,
                 rate_limit_hour_window_s=window * LONG_WINDOW_RATIO,
-                # One window's budget of commands in hand, so that when a slot frees there is
-                # always a create waiting for it (see RateLimiter's urgent calls).
-                command_prefetch=PER_MINUTE,
             )
             async with running_service(env, f"economy-{mode}"):
                 events = EventLog()

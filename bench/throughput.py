@@ -62,6 +62,7 @@ from contracts.events import (
     event_id,
 )
 from service.broker.topology import Topology, declare
+from service.config import DEFAULT_COMMAND_PREFETCH
 from service.simulator import SimulatorConfig
 
 Path = Literal["reject", "accept"]
@@ -83,8 +84,9 @@ class Size(Struct, frozen=True, kw_only=True):
     prefetch: int
 
 
-QUICK = Size(commands=600, rounds=3, prefetch=16)
-FULL = Size(commands=2000, rounds=5, prefetch=16)
+# Both sides consume with the service's default prefetch.
+QUICK = Size(commands=600, rounds=3, prefetch=DEFAULT_COMMAND_PREFETCH)
+FULL = Size(commands=2000, rounds=5, prefetch=DEFAULT_COMMAND_PREFETCH)
 
 
 def command(path: Path, run: str, i: int) -> bytes:
