@@ -206,7 +206,12 @@ class _Consumer:
             if still:
                 await asyncio.wait(still, timeout=5.0)
             cut = len(still)
-        await asyncio.wait_for(self._acks.drain(), timeout=5.0)
+        try:
+            await asyncio.wait_for(self._acks.drain(), timeout=5.0)
+        except TimeoutError:
+            # Acks that could not go out (a stalled connection): their messages come back
+            # when the channel closes, which the shutdown goes on to do.
+            log.warning("acks_not_drained", seconds=5.0)
         return cut
 
     async def _return(self, message: AbstractIncomingMessage, how: str) -> None:

@@ -65,6 +65,8 @@ Listed = dict[str, Seen]  # what a list showed of a batch's clusters, by id
 FRESH_S: Final = 0.1
 # Clocks of replicas differ a little: a list this much older than a watch's due time does.
 DUE_SLACK_S: Final = 0.05
+# A batch served by a list this little younger than a wave's travels with that wave.
+SNAP_S: Final = 0.2
 # Lists for due watches that may start back to back; on average one per max age.
 BURST: Final = 4.0
 # Watches that may wait for a fresh list at once; more take the latest list instead.
@@ -212,11 +214,9 @@ class ClusterSnapshot:
         wave = -1  # the wave this caller waits in
         try:
             while True:
+                if (at_hand := await self._at_hand(after)) is not None:
+                    return at_hand
                 pending = self._pending
-                if pending is not None and self._pending_start >= after:
-                    return self._served(*await asyncio.shield(pending))
-                if self._taken_at >= after:
-                    return self._served(self._listing, self._taken_at)
                 if wave != self._wave:
                     overrun = self._waiting + watches > self._wave_size
                     if overrun and self._clock() - self._taken_at <= self._max_age_s:
@@ -228,11 +228,7 @@ class ClusterSnapshot:
                     continue
                 wait_s = self._token_wait_s()
                 if wait_s > 0:
-                    if self._next_start is None:
-                        self._next_start = asyncio.get_running_loop().create_future()
-                    next_start = self._next_start
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(next_start), wait_s)
+                    await self._until_a_list_starts(wait_s)
                     continue
                 self._start()
         finally:
@@ -247,47 +243,74 @@ class ClusterSnapshot:
         now = self._clock()
         if self._wave_starts and self._wave_starts[-1] >= now - self._fresh_s:
             return None  # a wave's list just served a batch: taking it is joining that wave
-        expected = self._next_wave(now)
-        if expected is None or self._joining + watches > self._join_limit:
+        next_wave = self._next_wave(now)
+        if next_wave is None or self._joining + watches > self._join_limit:
             return None
+        expected, known = next_wave
         after = expected - DUE_SLACK_S
-        give_up_at = expected + max(self._max_age_s, self._fresh_s)
+        # A known wave's watches start its list when they come back, a little late; on the
+        # clock's multiple nobody may come: then the batch starts it, on time.
+        give_up_at = expected + max(self._max_age_s, self._fresh_s) if known else expected
         self._joining += watches
         try:
             while True:
-                pending = self._pending
-                if pending is not None and self._pending_start >= after:
-                    return self._served(*await asyncio.shield(pending))
-                if self._taken_at >= after:
-                    return self._served(self._listing, self._taken_at)
+                if (at_hand := await self._at_hand(after)) is not None:
+                    return at_hand
                 wait_s = give_up_at - self._clock()
                 if wait_s <= 0:
                     return None
-                if self._next_start is None:
-                    self._next_start = asyncio.get_running_loop().create_future()
-                next_start = self._next_start
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(next_start), wait_s)
+                await self._until_a_list_starts(wait_s)
         finally:
             self._joining -= watches
+
+    async def _at_hand(self, after: float) -> tuple[ClusterScan, float] | None:
+        """The list in progress or the latest one, if it started no earlier than ``after``."""
+        pending = self._pending
+        if pending is not None and self._pending_start >= after:
+            return self._served(*await asyncio.shield(pending))
+        if self._taken_at >= after:
+            return self._served(self._listing, self._taken_at)
+        return None
+
+    async def _until_a_list_starts(self, timeout_s: float) -> None:
+        """Wait until the next list starts, or ``timeout_s``."""
+        if self._next_start is None:
+            self._next_start = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next_start), timeout_s)
 
     def _served(self, listing: ClusterScan, started: float) -> tuple[ClusterScan, float]:
         """A batch of watches looked at the list that started at ``started`` (monotonic):
         they come back together one poll interval later, as a wave; the list and its start
         by the wall clock."""
-        if not self._wave_starts or started > self._wave_starts[-1]:
-            self._wave_starts.append(started)
+        if self._period_s is not None:
+            starts = self._wave_starts
+            while starts and starts[0] + self._period_s <= started:
+                starts.popleft()  # its next list is due already: no first look waits for it
+            if starts and 0 < started - starts[-1] <= SNAP_S:
+                # A list a moment younger than a wave's (a command's pre-check, say): the
+                # batch counts as looked at with that wave, so it comes back with it instead
+                # of as a wave of its own a moment apart, at the cost of seeing the next
+                # list at most that moment later than it could.
+                started = starts[-1]
+            elif not starts or started > starts[-1]:
+                starts.append(started)
         return listing, self._as_wall(started)
 
-    def _next_wave(self, now: float) -> float | None:
+    def _next_wave(self, now: float) -> tuple[float, bool] | None:
         """When the next list of a wave is expected (monotonic): one poll interval after a
-        list that served a batch of watches within the last interval; the soonest such."""
-        if self._period_s is None:
+        list that served a batch of watches within the last interval; the soonest such (and
+        True). With no wave in sight, the next multiple of the poll interval by the wall clock:
+        every replica agrees on it, so the waves that replicas start apart become one, and
+        a wave's watches, whichever replica they come back to, share its list."""
+        if self._period_s is None or self._period_s <= 0:
             return None
         starts = self._wave_starts
         while starts and starts[0] + self._period_s <= now:
             starts.popleft()
-        return starts[0] + self._period_s if starts else None
+        if starts:
+            return starts[0] + self._period_s, True
+        return now + self._period_s - self._wall() % self._period_s, False
 
     def _as_wall(self, monotonic: float) -> float:
         return monotonic + self._wall() - self._clock()
@@ -432,6 +455,9 @@ class WatchHandler:
                 listing, started = await self._snapshot.fresh(len(creating), due=due)
             except ApiError as exc:
                 log.warning("watch_list_failed", error=str(exc), batch=len(watches))
+                # Each is looked at on its own now: due again one interval from now, not
+                # taken for a first look (which may wait for a wave) when it comes back.
+                LOOKED_AT.set(self._wall())
             else:
                 # The watches sent back are due again one interval after this list: with
                 # that on them, the ones this list served come back as one wave.

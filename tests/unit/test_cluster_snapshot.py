@@ -272,7 +272,7 @@ async def test_a_first_look_whose_wave_does_not_come_lists_on_its_own() -> None:
 async def test_first_looks_past_the_join_limit_list_on_their_own_at_once() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
     snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, period_s=10.0, join=3)
-    await snapshot.fresh()
+    await snapshot.fresh(due=time.time())  # a wave's list
     joining = asyncio.create_task(snapshot.fresh(2))  # joins the wave, ten seconds away
     await asyncio.sleep(0.05)
     arrived = time.monotonic()
@@ -290,3 +290,28 @@ async def test_without_a_poll_interval_first_looks_never_wait_for_a_wave() -> No
     await asyncio.sleep(0.01)
     await asyncio.wait_for(snapshot.fresh(), timeout=0.5)
     assert api.list_calls == 2
+
+
+async def test_with_no_wave_in_sight_a_first_look_lists_on_the_clocks_multiple() -> None:
+    # Replicas agree on the wall clock's multiples of the poll interval, so the waves they
+    # start apart coincide.
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    period = 0.2
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    asked = time.time()
+    _, started = await asyncio.wait_for(snapshot.fresh(), timeout=1.0)
+    assert asked <= started <= asked + period + 0.05
+    phase = started % period
+    assert min(phase, period - phase) < 0.05
+    assert api.list_calls == 1
+
+
+async def test_the_waves_remembered_are_those_of_the_last_interval() -> None:
+    api = ListingApi([cluster(1)], delay_s=0.0)
+    period = 0.05
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, period_s=period)
+    for _ in range(40):  # watches that only come back, a list each time
+        await snapshot.fresh(due=time.time())
+        await asyncio.sleep(0.01)
+    assert api.list_calls >= 5
+    assert len(snapshot._wave_starts) <= 3  # not one per list ever made
