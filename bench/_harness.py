@@ -43,6 +43,7 @@ __all__ = [
     "EventLog",
     "ServiceProcess",
     "bench_arguments",
+    "command",
     "emit",
     "fresh_vhost",
     "makespan_bound",
@@ -100,6 +101,21 @@ def _cell(value: object) -> str:
 def emit(figures: Mapping[str, Any]) -> None:
     """The machine-readable result: one JSON object, the last line the benchmark prints."""
     print(json.dumps(figures, sort_keys=False), flush=True)
+
+
+def command(name: str, **cluster: object) -> bytes:
+    """A create command for a plain cluster (pg 17, one node, no users or databases) named
+    ``name``, also its ``request_id``; ``cluster`` changes or adds cluster fields."""
+    fields: dict[str, object] = {
+        "name": name,
+        "engine": "pg",
+        "version": "17",
+        "region": "nyc3",
+        "size": "db-s-1vcpu-2gb",
+        "num_nodes": 1,
+        **cluster,
+    }
+    return json.dumps({"request_id": name, "cluster": fields}).encode()
 
 
 # --- statistics ---------------------------------------------------------------------------------

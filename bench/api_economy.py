@@ -20,7 +20,6 @@ bound that the rate limit and the creation delay set (``makespan_bound``).
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from typing import Literal
@@ -31,6 +30,7 @@ from msgspec import Struct
 from bench._harness import (
     EventLog,
     bench_arguments,
+    command,
     emit,
     fresh_vhost,
     makespan_bound,
@@ -98,23 +98,6 @@ class ModeResult(Struct, frozen=True, kw_only=True):
         return sum(sum(by_status.values()) for by_status in self.calls.values())
 
 
-def command(run: str, i: int) -> bytes:
-    """A valid command for a plain cluster (no extra users or databases)."""
-    name = f"econ-{run}-{i}"
-    body = {
-        "request_id": name,
-        "cluster": {
-            "name": name,
-            "engine": "pg",
-            "version": "17",
-            "region": "nyc3",
-            "size": "db-s-1vcpu-2gb",
-            "num_nodes": 1,
-        },
-    }
-    return json.dumps(body).encode()
-
-
 async def run_mode(size: Size, mode: Literal["list", "per-cluster"], clusters: int) -> ModeResult:
     """Provision ``clusters`` clusters through one service in ``mode``; wait for them all."""
     window = size.window_s
@@ -148,7 +131,7 @@ async def run_mode(size: Size, mode: Literal["list", "per-cluster"], clusters: i
                 started = time.monotonic()
                 await publish_many(
                     connection,
-                    (command(mode, i) for i in range(clusters)),
+                    (command(f"econ-{mode}-{i}") for i in range(clusters)),
                     exchange="provisioner.commands",
                     routing_key="database.cluster.create",
                 )

@@ -15,7 +15,6 @@ lives in the broker). Goal: p99 of both events under one poll interval plus 0.5 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 
@@ -26,6 +25,7 @@ from msgspec import Struct
 from bench._harness import (
     EventLog,
     bench_arguments,
+    command,
     emit,
     fresh_vhost,
     percentile,
@@ -55,23 +55,6 @@ class Size(Struct, frozen=True, kw_only=True):
 
 QUICK = Size(clusters=200, poll_interval_s=5.0, ready_after_s=10.0, probes=100)
 FULL = Size(clusters=1000, poll_interval_s=10.0, ready_after_s=20.0, probes=300)
-
-
-def command(i: int) -> bytes:
-    """A valid command for a plain cluster."""
-    name = f"lat-{i}"
-    body = {
-        "request_id": name,
-        "cluster": {
-            "name": name,
-            "engine": "pg",
-            "version": "17",
-            "region": "nyc3",
-            "size": "db-s-1vcpu-2gb",
-            "num_nodes": 1,
-        },
-    }
-    return json.dumps(body).encode()
 
 
 class ProbeDelays:
@@ -143,7 +126,7 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
                 probing = asyncio.create_task(probes.run(connection, size.probes))
                 await publish_many(
                     connection,
-                    (command(i) for i in range(size.clusters)),
+                    (command(f"lat-{i}") for i in range(size.clusters)),
                     exchange="provisioner.commands",
                     routing_key="database.cluster.create",
                 )

@@ -44,6 +44,7 @@ from msgspec import Struct
 from bench._harness import (
     BENCH_TOKEN,
     EventLog,
+    command,
     emit,
     fresh_vhost,
     print_table,
@@ -89,20 +90,12 @@ QUICK = Size(commands=600, rounds=3, prefetch=DEFAULT_COMMAND_PREFETCH)
 FULL = Size(commands=2000, rounds=5, prefetch=DEFAULT_COMMAND_PREFETCH)
 
 
-def command(path: Path, run: str, i: int) -> bytes:
+def path_command(path: Path, run: str, i: int) -> bytes:
     """A command for ``path``: valid, or with three errors the service must all report."""
     name = f"tp-{run}-{i}"
-    cluster: dict[str, object] = {
-        "name": name,
-        "engine": "pg",
-        "version": "17",
-        "region": "nyc3",
-        "size": "db-s-1vcpu-2gb",
-        "num_nodes": 1,
-    }
     if path == "reject":
-        cluster.update(num_nodes=0, size=7, colour="blue")
-    return json.dumps({"request_id": name, "cluster": cluster}).encode()
+        return command(name, num_nodes=0, size=7, colour="blue")
+    return command(name)
 
 
 # --- the bare loop (a child process) ------------------------------------------------------
@@ -212,7 +205,7 @@ async def measure(
         try:
             await publish_many(
                 connection,
-                (command(path, run, i) for i in range(size.commands)),
+                (path_command(path, run, i) for i in range(size.commands)),
                 routing_key=topology.requests_queue,
             )
 
