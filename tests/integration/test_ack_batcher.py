@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from service.broker.consumer import AckBatcher
+from tests.chaos.rabbitmqctl import queue_depths
 
 pytestmark = pytest.mark.integration
 
@@ -23,31 +22,12 @@ COUNT = 30
 QUORUM = {"x-queue-type": "quorum"}
 
 
-def _queue_state(vhost: str) -> tuple[int, int]:
+async def _queue_state(vhost: str) -> tuple[int, int]:
     """(ready, unacknowledged) of the test queue, as the broker counts them."""
-    ctl = shutil.which("rabbitmqctl")
-    assert ctl is not None
-    out = subprocess.run(
-        [
-            ctl,
-            "-q",
-            "list_queues",
-            "-p",
-            vhost,
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    for line in out.splitlines():
-        name, ready, unacked = line.split()
-        if name == QUEUE:
-            return int(ready), int(unacked)
-    raise AssertionError(f"no queue {QUEUE} in {out!r}")
+    depth = (await queue_depths(vhost)).get(QUEUE)
+    if depth is None:
+        raise AssertionError(f"no queue {QUEUE} in {vhost}")
+    return depth.ready, depth.unacked
 
 
 async def _settles_at(vhost: str, expected: tuple[int, int]) -> None:
@@ -55,7 +35,7 @@ async def _settles_at(vhost: str, expected: tuple[int, int]) -> None:
     its own time."""
     state = (-1, -1)
     for _ in range(50):
-        state = await asyncio.to_thread(_queue_state, vhost)
+        state = await _queue_state(vhost)
         if state == expected:
             return
         await asyncio.sleep(0.1)
