@@ -50,7 +50,6 @@ __all__ = [
     "percentile",
     "print_table",
     "publish_many",
-    "queue_depth",
     "running_simulator",
     "service_env",
     "spread",
@@ -231,17 +230,6 @@ async def publish_many(
                 pending.clear()
         await asyncio.gather(*pending)
         return count
-    finally:
-        await channel.close()
-
-
-async def queue_depth(connection: AbstractRobustConnection, queue: str) -> int:
-    """Messages ready in ``queue`` now (a fresh channel: a passive declare is not cached)."""
-    channel = await connection.channel()
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-        result = declared.declaration_result
-        return int(result.message_count or 0) if result else 0
     finally:
         await channel.close()
 
