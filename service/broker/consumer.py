@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from service.broker.topology import DeclaredQueue
 from service.provisioning.commands import CommandHandler, CommandOutcome
-from service.provisioning.messages import WatchState, decode_watch
+from service.provisioning.messages import WatchState, decode_stamp, decode_watch
 from service.provisioning.ports import Delivery
 from service.provisioning.watch import DUE_HEADER, WatchHandler, WatchOutcome
 
@@ -232,11 +232,8 @@ def _due(batch: list[tuple[AbstractIncomingMessage, WatchState]]) -> float | Non
     """The latest due time the batch's watches carry (``DUE_HEADER``), if any does."""
     due: float | None = None
     for message, _ in batch:
-        value = (message.headers or {}).get(DUE_HEADER)
-        try:
-            stamp = float(str(value)) if value is not None else None
-        except ValueError:
-            stamp = None  # unreadable: the watch is simply looked at with a fresh list
+        # Absent or unreadable: the watch is simply looked at with a fresh list.
+        stamp = decode_stamp((message.headers or {}).get(DUE_HEADER))
         if stamp is not None and (due is None or stamp > due):
             due = stamp
     return due

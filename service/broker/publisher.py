@@ -27,6 +27,7 @@ from service.provisioning.messages import (
     REJECTION_HEADER,
     WATCH_CONTENT_TYPE,
     WatchState,
+    encode_stamp,
     encode_watch,
 )
 from service.provisioning.ports import Delivery
@@ -119,7 +120,7 @@ class RabbitPublisher:
         looked_at = LOOKED_AT.get()
         headers: dict[str, Any] | None = None
         if looked_at is not None:
-            headers = {DUE_HEADER: f"{looked_at + self._topology.watch_delay_s:.3f}"}
+            headers = {DUE_HEADER: encode_stamp(looked_at + self._topology.watch_delay_s)}
         message = aio_pika.Message(
             encode_watch(watch),
             content_type=WATCH_CONTENT_TYPE,

@@ -34,7 +34,13 @@ from service.digitalocean import (
     Unprocessable,
 )
 from service.provisioning.events import EventFactory, api_error_detail
-from service.provisioning.messages import ATTEMPT_HEADER, FIRST_ATTEMPT_HEADER, WatchState
+from service.provisioning.messages import (
+    ATTEMPT_HEADER,
+    FIRST_ATTEMPT_HEADER,
+    WatchState,
+    decode_stamp,
+    encode_stamp,
+)
 from service.provisioning.options import OfferCheck
 from service.provisioning.ports import ClusterApi, Delivery, EventBus, WorkQueues
 from service.provisioning.watch import ClusterSnapshot
@@ -336,11 +342,8 @@ class CommandHandler:
         log.info("cluster_creating", status=watch.status, deadline_s=timeout)
 
     def _first_attempt_at(self, delivery: Delivery) -> float:
-        value = delivery.headers.get(FIRST_ATTEMPT_HEADER)
-        try:
-            return float(str(value)) if value is not None else self._wall()
-        except ValueError:
-            return self._wall()
+        stamp = decode_stamp(delivery.headers.get(FIRST_ATTEMPT_HEADER))
+        return self._wall() if stamp is None else stamp
 
     def _may_be_hidden(self, delivery: Delivery) -> bool:
         return self._wall() - self._first_attempt_at(delivery) < self._not_found_grace_s
@@ -350,9 +353,7 @@ class CommandHandler:
     ) -> CommandOutcome:
         if attempt < self._max_attempts:
             log.info("create_retry_scheduled", attempt=attempt, error=str(exc))
-            # A string: AMQP tables carry a Python float as 32 bits, far too coarse for
-            # epoch seconds.
-            first = {FIRST_ATTEMPT_HEADER: f"{self._first_attempt_at(delivery):.3f}"}
+            first = {FIRST_ATTEMPT_HEADER: encode_stamp(self._first_attempt_at(delivery))}
             delivery = msgspec.structs.replace(delivery, headers={**first, **delivery.headers})
             await self._work.retry_command(delivery, attempt)
             return CommandOutcome("retried", "ack")

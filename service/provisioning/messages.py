@@ -19,7 +19,9 @@ __all__ = [
     "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
     "WatchState",
+    "decode_stamp",
     "decode_watch",
+    "encode_stamp",
     "encode_watch",
 ]
 
@@ -29,6 +31,22 @@ REJECTION_HEADER: Final = "x-rejection-reason"
 # When the command's first attempt ran (epoch seconds), carried through its retries.
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
+
+
+def encode_stamp(seconds: float) -> str:
+    """An instant (epoch seconds) for an AMQP header: a string, since AMQP tables carry a
+    Python float as 32 bits, far too coarse for epoch seconds."""
+    return f"{seconds:.3f}"
+
+
+def decode_stamp(value: object) -> float | None:
+    """An instant written by ``encode_stamp``; None when the header is absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
 
 
 class WatchState(Struct, kw_only=True, omit_defaults=True):
