@@ -206,10 +206,9 @@ class ClusterSnapshot:
             joined = await self._join(watches)
             if joined is not None:
                 return joined
-        now = self._clock()
-        if due is None:
-            after = now - self._fresh_s
+            after = self._clock() - self._fresh_s
         else:  # never a list from the future; a little slack for clocks between replicas
+            now = self._clock()
             after = min(now, due - self._wall() + now - DUE_SLACK_S)
         wave = -1  # the wave this caller waits in
         try:
