@@ -9,6 +9,7 @@ normal. Publishes from concurrent handlers pipeline on the channel.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any, Final
 import aio_pika
 import msgspec
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel, DeliveryMode
 
 from contracts.errors import FieldError
 from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
@@ -88,6 +89,7 @@ class RabbitPublisher:
             app_id=APP_ID,
             correlation_id=correlation_id,
         )
+        await self._ready()
         exchange = await self._events_exchange()
         # Not mandatory (aio-pika's default is mandatory): an events exchange nobody
         # listens to yet is normal, and a producer whose reply queue went away must not
@@ -144,7 +146,16 @@ class RabbitPublisher:
             self._topology.rejected_queue, _copy(delivery, headers), mandatory=True
         )
 
+    async def _ready(self) -> None:
+        """Wait (at most the publish timeout) while the robust channel is being restored
+        after a reconnect. Its consumers may be back first: without this, a message they
+        deliver fails at once on the closed channel, goes back to its queue, is delivered
+        again at once, and can spend its whole delivery limit within a second."""
+        if self._channel.is_closed and isinstance(self._channel, AbstractRobustChannel):
+            await asyncio.wait_for(self._channel.ready(), self._timeout_s)
+
     async def _to_queue(self, queue: str, message: aio_pika.Message, *, mandatory: bool) -> None:
+        await self._ready()
         await self._channel.default_exchange.publish(
             message, queue, mandatory=mandatory, timeout=self._timeout_s
         )
