@@ -75,12 +75,13 @@ def decode_command(
         )
     try:
         raw = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec words invalid UTF-8 differently from one version to the next (and raised
+        # UnicodeDecodeError before 0.23): say it the same way, with the message's offset.
+        bad = _bad_utf8(data)
+        if bad is not None:
+            raise InvalidCommand([FieldError("$", f"invalid UTF-8 at byte {bad}")]) from None
         raise InvalidCommand([FieldError("$", f"invalid JSON: {exc}")]) from None
-    except UnicodeDecodeError:
-        raise InvalidCommand(
-            [FieldError("$", f"invalid UTF-8 at byte {_bad_utf8(data)}")]
-        ) from None
     except RecursionError:
         raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
     errors = _checker.check(raw, ProvisionDatabase)
@@ -153,13 +154,13 @@ def _related(a: str, b: str) -> bool:
     return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
 
 
-def _bad_utf8(data: bytes | bytearray | memoryview) -> int:
-    # msgspec reports the offset inside the string it was decoding; find the message's.
+def _bad_utf8(data: bytes | bytearray | memoryview) -> int | None:
+    """The offset of the first byte that is not UTF-8, or None when the message is UTF-8."""
     try:
         bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         return exc.start
-    return 0
+    return None
 
 
 def encode_command(command: ProvisionDatabase) -> bytes:

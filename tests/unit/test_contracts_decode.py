@@ -86,14 +86,20 @@ def test_the_base_command_is_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"\xff\xfe\x00", b"\x80", b'{"request_id": "\xc3\x28"}', b'{"a": "ok", "\xe2\x82": 1}'],
+    ("data", "offset"),
+    [
+        (b"\xff\xfe\x00", 0),
+        (b"\x80", 0),
+        (b'{"request_id": "\xc3\x28"}', 16),
+        (b'{"a": "ok", "\xe2\x82": 1}', 13),
+    ],
     ids=["utf16-bom", "lone-continuation", "bad-continuation-in-string", "truncated-in-key"],
 )
-def test_invalid_utf8_is_an_invalid_command(data: bytes) -> None:
+def test_invalid_utf8_is_an_invalid_command_naming_the_byte(data: bytes, offset: int) -> None:
+    # The same words on every supported msgspec version (0.23 words its own error otherwise).
     error = only_error(data)
     assert error.path == "$"
-    assert "UTF-8" in error.message or "invalid JSON" in error.message
+    assert error.message == f"invalid UTF-8 at byte {offset}"
 
 
 def test_invalid_utf8_inside_a_string_says_utf8() -> None:
