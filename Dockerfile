@@ -14,14 +14,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Only what the package needs; .dockerignore keeps everything else out of the context.
+# The dependencies exactly as locked (versions and hashes), in a layer of their own.
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.txt
+
+# The package, built by the locked setuptools in a throwaway virtualenv. pip compiles the
+# bytecode here, so the read-only final image never needs to write any; pip and setuptools are
+# then removed: the service never installs anything at run time.
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
 COPY service ./service
-# pip compiles the bytecode here, so the read-only final image never needs to write any;
-# pip itself is then removed: the service never installs anything at run time.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/pip uninstall --yes pip
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements/build.txt \
+    && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && /opt/venv/bin/pip uninstall --yes setuptools pip
 
 # --- final: the virtualenv on a clean slim image, run as an unprivileged user ------------------
 FROM ${PYTHON_IMAGE}

@@ -1,24 +1,49 @@
 # The two commands a developer needs: `make demo` and `make test`.
-# Each creates the virtualenv, installs the project, makes sure RabbitMQ answers, then runs.
+# Each creates the virtualenv, installs the project from the locks, makes sure RabbitMQ
+# answers, then runs.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
+RUNTIME_LOCK := requirements/runtime.txt
+DEV_LOCK := requirements/dev.txt
+BUILD_LOCK := requirements/build.txt
+# One resolution for every platform and Python >= 3.11, with the hash of every file.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command 'make lock'
 
-.PHONY: demo test lint typecheck unit broker node chaos bench bench-quick clean
+.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker node chaos bench \
+	bench-quick clean
 
-$(INSTALLED): pyproject.toml
+# A new virtualenv each time the locks change, so nothing outside them stays installed.
+# The project itself is built without isolation by the locked setuptools: nothing unlocked
+# is fetched.
+$(INSTALLED): pyproject.toml $(DEV_LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(NODE_INSTALLED): package.json
+$(NODE_INSTALLED): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is needed for the AsyncAPI parser: apt-get install -y nodejs npm" >&2; exit 1; }
-	npm install --no-audit --no-fund --no-package-lock --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Regenerate the locks from pyproject.toml, keeping the locked versions where they still fit.
+# The image installs the runtime lock and builds the package with the build lock.
+lock: $(INSTALLED)
+	$(LOCK) pyproject.toml -o $(RUNTIME_LOCK)
+	$(LOCK) pyproject.toml --extra dev -o $(DEV_LOCK)
+	$(LOCK) requirements/build.in -o $(BUILD_LOCK)
+
+# The same, moving every dependency to its newest version.
+lock-upgrade: $(INSTALLED)
+	$(LOCK) --upgrade pyproject.toml -o $(RUNTIME_LOCK)
+	$(LOCK) --upgrade pyproject.toml --extra dev -o $(DEV_LOCK)
+	$(LOCK) --upgrade requirements/build.in -o $(BUILD_LOCK)
 
 node: $(NODE_INSTALLED)
 
@@ -38,6 +63,11 @@ demo: $(INSTALLED) broker
 
 test: $(INSTALLED) $(NODE_INSTALLED) broker lint typecheck
 	$(BIN)/pytest
+
+# The whole test suite against the newest release of every Python and Node dependency, in a
+# throwaway copy of the working tree: an upgrade is a decision, not a surprise.
+test-latest: broker
+	scripts/test-latest.sh $(PYTHON)
 
 # The full chaos run (several replicas, faults, kills, broker cuts); `make test` runs a
 # reduced one.
