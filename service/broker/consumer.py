@@ -40,6 +40,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
         reply_to=message.reply_to,
         correlation_id=message.correlation_id,
         message_id=message.message_id,
+        user_id=message.user_id,
         redelivered=bool(message.redelivered),
     )
 
@@ -289,6 +290,7 @@ class WatchConsumer(_Consumer):
         prefetch: int,
         handler: WatchHandler,
         *,
+        trusted_user: str,
         batch_max: int,
         linger_s: float = 0.05,
         on_outcome: Callable[[WatchOutcome], None] | None = None,
@@ -296,6 +298,7 @@ class WatchConsumer(_Consumer):
     ) -> None:
         super().__init__(channel, queue, prefetch)
         self._handler = handler
+        self._trusted_user = trusted_user
         self._batch_max = batch_max
         self._linger_s = linger_s
         self._on_outcome = on_outcome
@@ -306,6 +309,13 @@ class WatchConsumer(_Consumer):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
+        if message.user_id != self._trusted_user:
+            # Only the service sends watches, with its own user_id (the broker checks it): any
+            # other watch would have the service announce a cluster's credentials to whoever
+            # forged it. Such a message goes to the dead-letter queue, for a person.
+            log.error("watch_message_forged", user_id=(message.user_id or "")[:128])
+            await self._return(message, "reject")
+            return
         try:
             watch = decode_watch(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -16,6 +16,7 @@ from contracts.digitalocean import DatabaseUserCreate
 __all__ = [
     "ATTEMPT_HEADER",
     "FIRST_ATTEMPT_HEADER",
+    "PRODUCER_HEADER",
     "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
     "WatchState",
@@ -31,6 +32,10 @@ REJECTION_HEADER: Final = "x-rejection-reason"
 # When the command's first attempt ran (epoch seconds), carried through its retries.
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
+# On a command the service sends on (a retry, a parked copy): the producer it came from. The
+# copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
+# request it is; it is believed only on messages whose user_id is the service's.
+PRODUCER_HEADER: Final = "x-provisioner-producer"
 
 
 def encode_stamp(seconds: float) -> str:
@@ -68,6 +73,8 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     reply_to: str | None = None
     correlation_id: str | None = None
     finish_attempts: int = 0
+    producer: str | None = None  # the RabbitMQ user whose request this is
+    recipient_public_key: str | None = None  # seal connection_ready's secrets to this key
 
 
 _encoder = msgspec.json.Encoder()
