@@ -61,15 +61,15 @@ RUN groupadd --system --gid 10001 provisioner \
 COPY --from=builder /opt/venv /opt/venv
 COPY scripts/container_healthcheck.py /opt/venv/bin/provisioner-healthcheck
 
-# PROVISIONER_SHUTDOWN_GRACE_S: `docker stop` and `podman stop` kill after 10 s; 8 s of
-# draining leaves time to return the rest to its queue and close. More: raise it together
+# PROVISIONER_SHUTDOWN_GRACE_S: `docker stop` and `podman stop` kill after 10 s; 7 s of
+# draining leave time to return the rest to its queue and close, on a busy machine too. More: raise it together
 # with the stop timeout (`--stop-timeout`, `stop_grace_period`, terminationGracePeriodSeconds).
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PROVISIONER_LOG_FORMAT=json \
     PROVISIONER_HTTP_PORT=8080 \
-    PROVISIONER_SHUTDOWN_GRACE_S=8
+    PROVISIONER_SHUTDOWN_GRACE_S=7
 
 USER 10001:10001
 EXPOSE 8080

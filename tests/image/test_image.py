@@ -93,8 +93,8 @@ async def test_the_drain_grace_fits_the_engines_default_stop_timeout(
 ) -> None:
     grace = float(_env(config)["PROVISIONER_SHUTDOWN_GRACE_S"])
     # Closing the channels, the connection and the HTTP server after the drain takes well
-    # under a second; two are left for it (the stop test measures the whole).
-    assert grace <= DEFAULT_STOP_TIMEOUT_S - 2
+    # under a second; three are left for it, for busy machines (the stop test measures it).
+    assert grace <= DEFAULT_STOP_TIMEOUT_S - 3
 
 
 async def test_the_image_holds_exactly_the_locked_dependencies_and_nothing_that_installs(
@@ -181,9 +181,12 @@ async def test_no_layer_keeps_the_ca_bundle_lent_to_the_build(
     archive = tmp_path / "image.tar"
     await engine.call("save", "--output", str(archive), image, timeout=300)
     found_own = found_foreign = 0
-    for content in _layer_files(archive):
-        found_own += any(p in content for p in own_prints)
-        found_foreign += sum(p in content for p in foreign)
+    try:
+        for content in _layer_files(archive):
+            found_own += any(p in content for p in own_prints)
+            found_foreign += sum(p in content for p in foreign)
+    finally:
+        archive.unlink()  # the size of the image: not kept with pytest's last runs
     # The search does read the layers: it finds the image's own CA certificates.
     assert found_own > 0
     assert found_foreign == 0
