@@ -49,13 +49,18 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-d
 FROM ${PYTHON_IMAGE}
 
 # A fixed numeric uid, so `runAsNonRoot` policies can check it without resolving a name.
-# The base's own installer goes too (the official image has pip, setuptools and wheel):
-# nothing is installed at run time, and scanners rightly flag what sits unused.
+# The base's installers go too: nothing is installed at run time, and scanners rightly flag
+# what sits unused. The official image has pip, setuptools and wheel installed and ensurepip's
+# wheels; a Debian base has ensurepip's wheels as packages (python3.11-venv needs them).
 RUN groupadd --system --gid 10001 provisioner \
     && useradd --system --no-log-init --uid 10001 --gid provisioner \
        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin provisioner \
     && if python -m pip --version >/dev/null 2>&1; then \
          python -m pip uninstall --yes --quiet pip setuptools wheel; \
+       fi \
+    && rm -rf /usr/local/lib/python3*/ensurepip/_bundled \
+    && if [ "$(dpkg-query -W -f '${db:Status-Status}' python3.11-venv 2>/dev/null)" = installed ]; then \
+         dpkg --purge python3.11-venv python3-pip-whl python3-setuptools-whl; \
        fi
 
 COPY --from=builder /opt/venv /opt/venv

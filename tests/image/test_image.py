@@ -45,16 +45,22 @@ print(json.dumps({
 }))
 """
 
-# What the virtualenv holds, and which installers it and the base's own interpreter can import.
+# What the virtualenv holds, which installers it and the base's own interpreter can import,
+# and the wheels (installers' stock) anywhere on the filesystem.
 _INSTALLED = """
-import importlib.metadata, importlib.util, json, subprocess, sys
+import importlib.metadata, importlib.util, json, os, subprocess, sys
 INSTALLERS = ("pip", "setuptools", "_distutils_hack", "wheel", "pkg_resources")
 probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m)])" % (INSTALLERS,)
 base = subprocess.run([sys._base_executable, "-I", "-c", probe], capture_output=True, text=True)
+wheels = []
+for top, dirs, files in os.walk("/"):
+    dirs[:] = [d for d in dirs if os.path.join(top, d) not in ("/proc", "/sys", "/dev")]
+    wheels += [os.path.join(top, f) for f in files if f.endswith(".whl")]
 print(json.dumps({
     "distributions": {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()},
     "importable": [m for m in INSTALLERS if importlib.util.find_spec(m) is not None],
     "importable_by_the_base": base.stdout.strip(),
+    "wheels": wheels,
 }))
 """
 
@@ -112,6 +118,7 @@ async def test_the_image_holds_exactly_the_locked_dependencies_and_nothing_that_
     assert found == expected
     assert installed["importable"] == []
     assert installed["importable_by_the_base"] == "[]"
+    assert installed["wheels"] == []  # ensurepip's pip and setuptools, kept for nothing
 
 
 async def test_every_module_the_service_imports_loads_from_its_compiled_bytecode(
