@@ -30,6 +30,7 @@ from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
 from service.provisioning.messages import (
+    APP_ID,
     ATTEMPT_HEADER,
     PRODUCER_HEADER,
     REJECTION_HEADER,
@@ -43,7 +44,6 @@ from service.provisioning.watch import DUE_HEADER, LOOKED_AT
 
 __all__ = ["PublishObserver", "RabbitPublisher"]
 
-APP_ID: Final = "provisioner"
 # Headers are for people reading the parking queue: keep the reason readable and bounded.
 MAX_REASON_BYTES: Final = 16 * 1024
 

@@ -14,6 +14,7 @@ from msgspec import Struct
 from contracts.digitalocean import DatabaseUserCreate
 
 __all__ = [
+    "APP_ID",
     "ATTEMPT_HEADER",
     "FIRST_ATTEMPT_HEADER",
     "PRODUCER_HEADER",
@@ -27,6 +28,8 @@ __all__ = [
     "encode_watch",
 ]
 
+# The AMQP app_id of everything the service publishes.
+APP_ID: Final = "provisioner"
 # The command's attempt number travels in this header through the retry delay queues.
 ATTEMPT_HEADER: Final = "x-provisioner-attempt"
 REJECTION_HEADER: Final = "x-rejection-reason"

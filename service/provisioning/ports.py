@@ -44,6 +44,7 @@ class Delivery(Struct, kw_only=True):
     correlation_id: str | None = None
     message_id: str | None = None
     user_id: str | None = None  # the publisher's RabbitMQ user, checked by the broker
+    app_id: str | None = None
     redelivered: bool = False
 
 
