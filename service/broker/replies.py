@@ -34,7 +34,7 @@ from typing import Final, Literal
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import ConnectionInternalError
 
 __all__ = ["DIRECT_REPLY_PREFIX", "ReplyCopies", "ReplyOutcome", "direct_reply_node"]
@@ -50,6 +50,8 @@ REFUSED_NODES: Final = 1024
 # How often one producer may have a node probed (its first copies to a new node).
 PROBE_EVERY_S: Final = 10.0
 PROBERS: Final = 4096
+# As the main connection's: after a cut, copies wait for the channel at most a publish timeout.
+RECONNECT_INTERVAL_S: Final = 2.0
 
 ReplyOutcome = Literal["sent", "refused", "failed"]
 
@@ -118,7 +120,9 @@ class ReplyCopies:
 
     async def start(self) -> None:
         """Open the connection the copies go out on."""
-        self._connection = await aio_pika.connect_robust(self._url, timeout=10)
+        self._connection = await aio_pika.connect_robust(
+            self._url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S
+        )
         self._channel = await self._connection.channel(publisher_confirms=True)
 
     async def close(self) -> None:
@@ -154,11 +158,24 @@ class ReplyCopies:
             if node not in self._known:
                 return await self._probe(message, reply_to, node, producer)
         try:
+            await self._ready()
             await self._publish(self._channel, message, reply_to)
-        except Exception as exc:
-            log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
-            return "failed"
+        except Exception:
+            # The connection was cut under it (a broker restart, a forced close): once the
+            # robust channel is back, once more.
+            try:
+                await self._ready()
+                await self._publish(self._channel, message, reply_to)
+            except Exception as exc:
+                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+                return "failed"
         return "sent"
+
+    async def _ready(self) -> None:
+        """Wait (at most the timeout) while the robust channel is being restored."""
+        channel = self._channel
+        if channel is not None and channel.is_closed and isinstance(channel, AbstractRobustChannel):
+            await asyncio.wait_for(channel.ready(), self._timeout_s)
 
     async def _probe(
         self, message: aio_pika.Message, reply_to: str, node: str, producer: str
