@@ -6,6 +6,7 @@ from pathlib import Path
 
 from service.cli import COMMANDS
 from service.config import ENVIRONMENT, TOKEN_FILE_VARIABLE, TOKEN_VARIABLES, Settings
+from service.metrics import ProvisionerMetrics
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -27,3 +28,10 @@ def test_readme_documents_every_environment_variable_with_its_default() -> None:
 def test_readme_lists_every_cli_command() -> None:
     for name in COMMANDS:
         assert f"`provisioner {name}" in README, name
+
+
+def test_readme_lists_every_metric() -> None:
+    text = ProvisionerMetrics().render()
+    names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    missing = [name for name in names if f"`{name}" not in README]
+    assert not missing, f"metrics missing from the README: {missing}"
