@@ -317,13 +317,19 @@ def test_robustness_series_are_there_from_the_start_and_count() -> None:
     families = parse(metrics.render())
     # rate() and alerts work before the first crash or park.
     for consumer in ("commands", "watches"):
-        assert families["provisioner_handler_crashes_total"].value(
-            "provisioner_handler_crashes_total", consumer=consumer
-        ) == 0
+        assert (
+            families["provisioner_handler_crashes_total"].value(
+                "provisioner_handler_crashes_total", consumer=consumer
+            )
+            == 0
+        )
     for reason in ("invalid", "too_large", "unreadable_properties", "parking_full"):
-        assert families["provisioner_messages_parked_total"].value(
-            "provisioner_messages_parked_total", reason=reason
-        ) == 0
+        assert (
+            families["provisioner_messages_parked_total"].value(
+                "provisioner_messages_parked_total", reason=reason
+            )
+            == 0
+        )
     metrics.count_parked("too_large")
     metrics.count_handler_crash("watches")
     metrics.count_dead_lettered("provisioner.requests", "delivery_limit")
