@@ -58,7 +58,7 @@ NOTE_HEADER: Final = "x-provisioner-wire-note"
 """The header under which a :class:`WireNote` travels from the frame to the consumer."""
 
 MAX_TABLE_DEPTH: Final = 16
-"""Tables and arrays nested deeper are unreadable (RabbitMQ's own ``x-death`` uses four)."""
+"""Tables and arrays a header value may nest (RabbitMQ's own ``x-death`` uses three)."""
 
 MAX_TABLE_VALUES: Final = 2048
 """Values a message's headers may hold in all: each becomes a Python object that lives as long
@@ -202,7 +202,7 @@ def _value(buf: memoryview, pos: int, end: int, depth: int, budget: _Budget) -> 
         return None, pos
     if tag in (0x46, 0x41):  # F, A
         size = _length(buf, pos, end)
-        if depth >= MAX_TABLE_DEPTH:
+        if depth > MAX_TABLE_DEPTH:
             raise _Unreadable(f"is nested deeper than {MAX_TABLE_DEPTH} levels")
         start, stop = pos + 4, pos + 4 + size
         if tag == 0x46:
