@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
 import aiormq.channel
@@ -86,7 +86,7 @@ class WireNote:
         return f"WireNote(unreadable={self.unreadable!r}, body_size={self.body_size!r})"
 
 
-def take_note(headers: dict[str, object] | None) -> WireNote | None:
+def take_note(headers: MutableMapping[str, Any] | None) -> WireNote | None:
     """Remove the frame layer's note from ``headers`` (in place) and return it, if any.
     A header of that name with any other value is the producer's and stays."""
     if not headers:

@@ -92,7 +92,7 @@ def test_install_puts_both_pieces_in_place_and_keeps_the_largest_limit() -> None
     frames.install(4096)
     frames.install(1024)
     assert pamqp.frame.unmarshal is frames._unmarshal
-    assert aiormq.channel.Channel._read_content is frames._read_content  # type: ignore[comparison-overlap]
+    assert aiormq.channel.Channel._read_content is frames._read_content
     limit = frames.body_limit()
     assert limit is not None and limit >= 4096
 
