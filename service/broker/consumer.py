@@ -46,7 +46,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
         correlation_id=message.correlation_id,
         message_id=message.message_id,
         redelivered=bool(message.redelivered),
-        unreadable=[FieldError(f"amqp.{where}", why) for where, why in note.unreadable]
+        unreadable=[FieldError(f"properties.{where}", why) for where, why in note.unreadable]
         if note is not None
         else [],
         truncated_from=note.body_size if note is not None else None,

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 FRAME_END: Final = b"\xce"
+# The user the tests connect as: RabbitMQ checks a message's user_id against it.
+PRODUCER: Final = b"guest"
 _F = TypeVar("_F")
 # Flags of the basic properties, in wire order (AMQP 0-9-1, 4.2.6.1).
 _FLAGS: Final = {
@@ -98,13 +100,17 @@ def raw_properties(
     delivery_mode: int | None = None,
     priority: int | None = None,
     timestamp: int | None = None,
+    user_id: bytes | None = PRODUCER,
     **short: bytes,
 ) -> bytes:
     """The property flags and values of a content header, as given (short strings as bytes,
-    ``headers`` as a table payload made with ``table``)."""
+    ``headers`` as a table payload made with ``table``); ``user_id`` is the tests' broker user
+    unless given (RabbitMQ checks it)."""
     unknown = set(short) - _SHORT
     if unknown:
         raise TypeError(f"not a short-string property: {sorted(unknown)}")
+    if user_id is not None:
+        short["user_id"] = user_id
     values = {**short, "headers": headers, "delivery_mode": delivery_mode}
     values.update(priority=priority, timestamp=timestamp)
     flags = 0

@@ -256,7 +256,7 @@ def test_delivery_mode_other_than_1_or_2_and_a_non_numeric_expiration_are_left_o
 
 
 def test_a_truncated_property_list_keeps_what_came_before() -> None:
-    properties = raw_properties(correlation_id=b"kept", reply_to=b"cut")[:-2]
+    properties = raw_properties(correlation_id=b"kept", reply_to=b"cut", user_id=None)[:-2]
     header = decode_content_header(_payload(properties))
     assert header.properties.correlation_id == "kept"
     assert [w for w, _ in _note(header).unreadable] == ["reply_to"]
