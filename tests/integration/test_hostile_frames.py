@@ -20,7 +20,7 @@ import contextlib
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,7 +30,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.errors import FieldError
-from contracts.events import ConnectionReady, Rejected
+from contracts.events import ConnectionReady, Event, Rejected
 from service.app import Service
 from service.broker.topology import Topology
 from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
@@ -135,7 +135,11 @@ def _body(request_id: str, **extra: Any) -> bytes:
     return json.dumps(command(request_id, **extra)).encode()
 
 
-def _ids(events: EventRecorder, kind: type) -> set[str]:
+def _rejections(count: int) -> Callable[[list[Event]], bool]:
+    return lambda events: sum(isinstance(e, Rejected) for e in events) >= count
+
+
+def _ids(events: EventRecorder, kind: type) -> set[str | None]:
     return {e.data.request_id for e in events.events if isinstance(e, kind)}
 
 
@@ -288,9 +292,7 @@ async def test_at_the_parking_queue_bound_a_bad_command_is_announced_and_counted
         # burst of parallel parks can pass it by a few.
         for i in range(5):
             await publish(amqp, {"request_id": f"bad-{i}", "cluster": {"engine": "pg"}})
-            await events.wait_for(
-                lambda evs, n=i + 1: sum(isinstance(e, Rejected) for e in evs) >= n, timeout=30
-            )
+            await events.wait_for(_rejections(i + 1), timeout=30)
         metrics = service.metrics
         parked_count = metrics.messages_parked.value(reason="invalid")
         refused = metrics.messages_parked.value(reason="parking_full")
