@@ -46,7 +46,7 @@ from tests.hostile.wire import FRAME_CASES, RawProducer, raw_properties
 UNLIMITED: Final = 1_000_000_000
 READY: Final = "database.cluster.connection_ready"
 REJECTED: Final = "database.cluster.rejected"
-GOAL_RSS_RATIO: Final = 1.5
+GOAL_RSS_RATIO: Final = 1.25
 OVERSIZED_BYTES: Final = 2 * 1024 * 1024
 OVERSIZED_EVERY: Final = 50
 GOOD_EVERY: Final = 10

@@ -256,6 +256,7 @@ class RawProducer:
         self._writer = writer
         self._frame_max = 131072
         self._published = 0
+        self._confirmed = 0
 
     @classmethod
     async def connect(
@@ -325,8 +326,7 @@ class RawProducer:
     async def confirm_all(self) -> None:
         """Wait until the broker confirmed every message sent so far; a nack raises."""
         await self._writer.drain()
-        confirmed = 0
-        while confirmed < self._published:
+        while self._confirmed < self._published:
             number, frame = await self._read()
             if isinstance(frame, commands.Connection.Close | commands.Channel.Close):
                 raise ConnectionError(f"the broker closed: {frame.reply_text}")
@@ -336,7 +336,7 @@ class RawProducer:
                 raise ConnectionError(f"the broker refused message {frame.delivery_tag}")
             if isinstance(frame, commands.Basic.Ack):
                 tag = frame.delivery_tag
-                confirmed = tag if frame.multiple else max(confirmed, tag)
+                self._confirmed = tag if frame.multiple else max(self._confirmed, tag)
 
     async def publish(
         self,
