@@ -40,6 +40,7 @@ from service.simulator import Simulator, SimulatorConfig
 __all__ = [
     "BROKER_HOST",
     "BROKER_PORT",
+    "PRODUCER",
     "EventLog",
     "ServiceProcess",
     "bench_arguments",
@@ -58,6 +59,7 @@ __all__ = [
 BROKER_HOST: Final = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT: Final = int(os.environ.get("RABBITMQ_PORT", "5672"))
 BENCH_TOKEN: Final = "bench-" + uuid.uuid4().hex  # a throwaway token for the simulator
+PRODUCER: Final = "guest"  # the RabbitMQ user the benchmarks publish as (its AMQP user_id)
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 60.0
 
@@ -217,7 +219,10 @@ async def publish_many(
         count = 0
         for body in bodies:
             message = aio_pika.Message(
-                body, content_type=content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                body,
+                content_type=content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                user_id=PRODUCER,
             )
             pending.append(
                 asyncio.ensure_future(

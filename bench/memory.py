@@ -83,7 +83,7 @@ def prepare_account(simulator: Simulator, clusters: int, deadline: float) -> lis
             region="nyc3",
             size="db-s-1vcpu-2gb",
             num_nodes=1,
-            tags=[MANAGED_TAG, request_tag(MANAGED_TAG, request_id)],
+            tags=[MANAGED_TAG, request_tag(MANAGED_TAG, "guest", request_id)],
         )
         record = simulator.account.create(body, now, simulator.config)
         watch = WatchState(

@@ -36,6 +36,7 @@ from aio_pika.abc import AbstractRobustConnection
 from msgspec import Struct
 
 from bench._harness import (
+    PRODUCER,
     EventLog,
     bench_arguments,
     command,
@@ -111,7 +112,9 @@ async def trickle(connection: AbstractRobustConnection, size: Size, run: str) ->
         sent = 0
         while time.monotonic() - started < size.trickle_s:
             message = aio_pika.Message(
-                command(f"wc-{run}-{sent}"), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                command(f"wc-{run}-{sent}"),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                user_id=PRODUCER,
             )
             await exchange.publish(message, "database.cluster.create", timeout=30)
             sent += 1

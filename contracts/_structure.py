@@ -145,6 +145,10 @@ class StructureChecker:
     def _walk_any(self, v: Any, t: mi.AnyType, path: str, add: Add) -> None:
         return
 
+    def _walk_described(self, v: Any, t: mi.Metadata, path: str, add: Add) -> None:
+        # A type with a description or a title for its schema: check the type it wraps.
+        self._walk(v, t.type, path, add)
+
     def _walk_none(self, v: Any, t: mi.NoneType, path: str, add: Add) -> None:
         if v is not None:
             add(FieldError(path, f"Expected `null`, got `{_json_type(v)}`"))
@@ -281,6 +285,7 @@ _Step = Callable[[StructureChecker, Any, Any, str, Add], None]
 # The walker's step for each kind of type (``msgspec.inspect`` classes are final).
 _STEPS: Final[dict[type[mi.Type], _Step]] = {
     mi.AnyType: StructureChecker._walk_any,
+    mi.Metadata: StructureChecker._walk_described,
     mi.UnionType: StructureChecker._walk_union,
     mi.NoneType: StructureChecker._walk_none,
     mi.LiteralType: StructureChecker._walk_literal,

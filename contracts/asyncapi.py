@@ -354,9 +354,15 @@ def build_document(
             "summary": "Create one DigitalOcean database cluster.",
             "description": (
                 "Strict: unknown fields (at any level) and wrong types are errors that name the "
-                "JSON path, and the rules of `contracts/rules.py` apply. `request_id` is the "
-                "idempotency key. A command that carries an AMQP `reply_to` also gets each of "
-                "its events there, with its `correlation_id`."
+                "JSON path, and the rules of `contracts/rules.py` apply. The AMQP `user_id` "
+                "property is required: set it to the RabbitMQ user you connect as (the broker "
+                "checks it); it names the producer, and a request is (producer, `request_id`), "
+                "`request_id` being the idempotency key. What a producer may ask for is the "
+                "deployment's policy to say. A command that carries an AMQP `reply_to` (Direct "
+                "Reply-to, or a queue named `<producer>.<anything>` unless the policy says "
+                "otherwise) also gets each of its events there, with its `correlation_id`. With "
+                "`recipient_public_key`, `connection_ready` carries the credentials only sealed "
+                "to that key (`sealed_secrets`)."
             ),
             "contentType": COMMAND_CONTENT_TYPE,
             "payload": {"$ref": _COMPONENT_REF.format(name=ProvisionDatabase.__name__)},
@@ -378,7 +384,12 @@ def build_document(
                     REJECTION_REASON_HEADER: {
                         "type": "string",
                         "description": "Why the command was refused, one line per error.",
-                    }
+                    },
+                    "x-provisioner-producer": {
+                        "type": "string",
+                        "description": "The producer (RabbitMQ user) that sent the command, "
+                        "when it carried a user_id.",
+                    },
                 },
                 "required": [REJECTION_REASON_HEADER],
             },

@@ -12,6 +12,7 @@ from contracts import rules
 from contracts._structure import StructureChecker
 from contracts.digitalocean import ENGINES, HOSTNAME, UUID_OR_EMPTY, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
+from contracts.sealed import PUBLIC_KEY_PATTERN
 
 __all__ = [
     "COMMAND_CONTENT_TYPE",
@@ -39,13 +40,30 @@ class ProvisionDatabase(Struct, forbid_unknown_fields=True, omit_defaults=True):
     ``request_id`` is the idempotency key: the same id always means the same cluster.
     ``metadata`` is echoed on every event of the request. ``timeout_s`` bounds how long the
     service waits for ``online`` before it reports ``failed`` (default: the service's
-    ``PROVISIONER_CREATE_TIMEOUT_S``).
+    ``PROVISIONER_CREATE_TIMEOUT_S``). ``recipient_public_key`` (base64 of an X25519 public
+    key, see ``contracts.sealed``) makes ``connection_ready`` carry the credentials sealed to
+    that key, and no plaintext secret.
+
+    A request belongs to the producer that sent it: the AMQP ``user_id`` property, which
+    RabbitMQ checks against the connection's user, is required.
     """
 
     request_id: RequestId
     cluster: DatabaseClusterCreate
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=64)] | None = None
     timeout_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
+    recipient_public_key: (
+        Annotated[
+            str,
+            Meta(
+                pattern=PUBLIC_KEY_PATTERN,
+                description="Standard base64 (padded) of a 32-byte X25519 public key: "
+                "connection_ready then carries the credentials only in sealed_secrets, a "
+                "libsodium sealed box (crypto_box_seal) for this key.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 _checker = StructureChecker(
@@ -56,6 +74,8 @@ _checker = StructureChecker(
         UUID_OR_EMPTY: "must be a lowercase UUID such as d455e75d-4858-4eec-8c95-da2f0a5f93a7, "
         "or empty",
         HOSTNAME: "must be an RFC 1123 hostname such as db.example.com",
+        PUBLIC_KEY_PATTERN: "must be the standard, padded base64 of a 32-byte X25519 public "
+        "key (44 characters ending in '='), as `provisioner keygen` prints it",
     },
 )
 _encoder = msgspec.json.Encoder()

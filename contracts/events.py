@@ -5,7 +5,9 @@ reads them all (``decode_event``) and a subscriber can ``match`` on the class. T
 ``type`` is also the routing key on the ``provisioner.events`` topic exchange.
 
 Event ids are deterministic: the same request and the same transition always give the
-same id, so a subscriber deduplicates redeliveries on (``source``, ``id``).
+same id, so a subscriber deduplicates redeliveries on (``source``, ``id``). A request is a
+producer's: ``producer`` (the RabbitMQ user that sent the command) and ``request_id`` together
+name it, and both go into the ids, so two producers' requests never share one.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from contracts.digitalocean import DatabaseConnection, DatabaseUser, ServiceConnection
 from contracts.errors import FieldError
@@ -54,9 +56,29 @@ FailureReason = Literal[
 ]
 
 
-def event_id(request_id: str, transition: str) -> str:
-    """The deterministic id of one transition of one request."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{request_id}\x00{transition}"))
+Producer = Annotated[
+    str,
+    Meta(
+        description="The RabbitMQ user that sent the command (its AMQP user_id, checked by the "
+        "broker): whose request this is. A request is (producer, request_id)."
+    ),
+]
+SealedBox = Annotated[
+    str,
+    Meta(
+        description="With secrets=sealed: standard base64 of a libsodium sealed box "
+        "(crypto_box_seal) for the command's recipient_public_key, whose plaintext is a JSON "
+        "object holding every secret left out of this data, at the same paths."
+    ),
+]
+
+
+def event_id(request_id: str, transition: str, producer: str | None = None) -> str:
+    """The deterministic id of one transition of one producer's request."""
+    name = f"{request_id}\x00{transition}"
+    if producer is not None:
+        name = f"{producer}\x00{name}"
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def _now() -> datetime:
@@ -81,6 +103,7 @@ class StatusChangedData(Struct, omit_defaults=True):
     engine: str
     status: str
     previous_status: str | None = None
+    producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -88,7 +111,10 @@ class ConnectionReadyData(Struct, omit_defaults=True):
     """The cluster is online and finished: how to connect to it.
 
     With ``PROVISIONER_EVENT_SECRETS=omit`` passwords, keys and URIs that embed a password
-    are left out and ``secrets`` says ``omitted``.
+    are left out and ``secrets`` says ``omitted``. When the command carried a
+    ``recipient_public_key`` they are left out too, ``secrets`` says ``sealed`` and
+    ``sealed_secrets`` holds them in a sealed box only that key's owner can open
+    (``contracts.open_sealed_secrets``).
     """
 
     request_id: str
@@ -105,7 +131,9 @@ class ConnectionReadyData(Struct, omit_defaults=True):
     users: list[DatabaseUser] = []
     db_names: list[str] = []
     ca_certificate: str | None = None
-    secrets: Literal["included", "omitted"] = "included"
+    secrets: Literal["included", "omitted", "sealed"] = "included"
+    sealed_secrets: SealedBox | None = None
+    producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -114,6 +142,7 @@ class RejectedData(Struct, omit_defaults=True):
 
     errors: list[FieldError]
     request_id: str | None = None
+    producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -127,6 +156,7 @@ class FailedData(Struct, omit_defaults=True):
     step: str | None = None
     attempts: int | None = None
     api_error: ApiErrorDetail | None = None
+    producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -156,7 +186,7 @@ class StatusChanged(_CloudEvent, tag="database.cluster.status_changed"):
         """The event for this transition, with its deterministic id."""
         transition = f"status:{data.previous_status or ''}->{data.status}"
         return cls(
-            id=event_id(data.request_id, transition),
+            id=event_id(data.request_id, transition, data.producer),
             source=source,
             subject=data.request_id,
             data=data,
@@ -172,7 +202,7 @@ class ConnectionReady(_CloudEvent, tag="database.cluster.connection_ready"):
     def of(cls, data: ConnectionReadyData, *, source: str = DEFAULT_SOURCE) -> ConnectionReady:
         """The event for this request, with its deterministic id."""
         return cls(
-            id=event_id(data.request_id, "connection_ready"),
+            id=event_id(data.request_id, "connection_ready", data.producer),
             source=source,
             subject=data.request_id,
             data=data,
@@ -190,7 +220,7 @@ class Rejected(_CloudEvent, tag="database.cluster.rejected"):
         since a rejected message may not even carry a readable ``request_id``."""
         digest = hashlib.sha256(body).hexdigest()
         return cls(
-            id=event_id(data.request_id or "", f"rejected:{digest}"),
+            id=event_id(data.request_id or "", f"rejected:{digest}", data.producer),
             source=source,
             subject=data.request_id if data.request_id is not None else UNSET,
             data=data,
@@ -206,7 +236,7 @@ class Failed(_CloudEvent, tag="database.cluster.failed"):
     def of(cls, data: FailedData, *, source: str = DEFAULT_SOURCE) -> Failed:
         """The event for this request, with its deterministic id."""
         return cls(
-            id=event_id(data.request_id, "failed"),
+            id=event_id(data.request_id, "failed", data.producer),
             source=source,
             subject=data.request_id,
             data=data,

@@ -33,6 +33,7 @@ from contracts.digitalocean import (
 from service.broker import frames
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.publisher import RabbitPublisher
+from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology, bounds, declare, message_count
 from service.config import ConfigError, Settings, load_settings
 from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
@@ -43,6 +44,7 @@ from service.observability import configure_logging, register_secret
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
+from service.provisioning.policy import Policy, PolicyError, load_policy
 from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
 
 __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
@@ -109,11 +111,14 @@ class SecretRegisteringApi:
         *,
         tag_prefix: str | None = None,
         full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
     ) -> ClusterScan:
         # Without this the watches' ``ClusterSnapshot`` sees no scanner and reads every
         # cluster of the account in full at each list: megabytes with thousands of clusters.
         # Lean, only the clusters it follows are read in full (their passwords registered).
-        scan = await self._client.scan_clusters(tag_name, tag_prefix=tag_prefix, full=full)
+        scan = await self._client.scan_clusters(
+            tag_name, tag_prefix=tag_prefix, full=full, count_prefix=count_prefix
+        )
         for cluster in scan.full.values():
             _registered(cluster)
         return scan
@@ -166,10 +171,13 @@ class Service:
         *,
         topology: Topology | None = None,
         metrics: ProvisionerMetrics | None = None,
+        policy: Policy | None = None,
         queue_poll_interval_s: float = QUEUE_POLL_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self.topology = topology or topology_for(settings)
+        # Read before anything starts: a broken policy file stops the service at once.
+        self.policy = policy if policy is not None else load_policy(settings.policy_file)
         self.metrics = metrics or ProvisionerMetrics()
         self.limiter = RateLimiter(
             per_minute=settings.rate_limit_per_minute,
@@ -188,6 +196,7 @@ class Service:
         self.http_port: int | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channels: list[AbstractChannel] = []  # strong refs: robust channels
+        self._replies: ReplyCopies | None = None
         self._commands: CommandConsumer | None = None
         self._watches: WatchConsumer | None = None
         self._health: HealthServer | None = None
@@ -222,10 +231,20 @@ class Service:
         command_channel = await self._connection.channel()
         watch_channel = await self._connection.channel()
         self._channels = [publish_channel, command_channel, watch_channel]
+        own = self.topology
+        self._replies = ReplyCopies(
+            s.amqp_url,
+            timeout_s=s.publish_timeout_s,
+            refuse=[q.name for q in own.queues()],
+            refuse_prefixes=(f"{own.requests_queue}.", f"{own.watch_queue}."),
+        )
+        await self._replies.start()
         publisher = RabbitPublisher(
             publish_channel,
             self.topology,
+            user_id=s.amqp_user,
             timeout_s=s.publish_timeout_s,
+            replies=self._replies,
             observer=self.metrics.observe_event_published,
             on_headers_dropped=self.metrics.count_headers_dropped,
         )
@@ -247,6 +266,8 @@ class Service:
             factory=factory,
             offer=OfferCheck(self.api, s.options_ttl_s),
             snapshot=snapshot,
+            service_user=s.amqp_user,
+            policy=self.policy,
             managed_tag=s.managed_tag,
             create_timeout_s=s.create_timeout_s,
             not_found_grace_s=s.not_found_grace_s,
@@ -278,6 +299,7 @@ class Service:
             self.topology.queue(self.topology.watch_queue),
             s.watch_prefetch,
             watches,
+            trusted_user=s.amqp_user,
             batch_max=s.watch_prefetch,
             on_outcome=self._count_watch,
             on_in_flight=self.metrics.watches_in_flight.set,
@@ -317,6 +339,8 @@ class Service:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
+        if self._replies is not None:
+            await self._replies.close()
         await self.client.close()
         if self._health is not None:
             await self._health.stop()
@@ -409,9 +433,9 @@ class Service:
             self.metrics.observe_time_to_online(outcome.time_to_online_s)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, policy: Policy) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly."""
-    service = Service(settings)
+    service = Service(settings, policy=policy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -439,9 +463,10 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``provisioner run``."""
     try:
         settings = load_settings()
-    except ConfigError as exc:
+        policy = load_policy(settings.policy_file)
+    except (ConfigError, PolicyError) as exc:
         print(f"provisioner: {exc}")
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, policy))
     return 0

@@ -1,4 +1,4 @@
-"""``provisioner``: run | simulate | demo | submit | asyncapi | topology."""
+"""``provisioner``: run | simulate | demo | submit | keygen | asyncapi | topology."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("service.simulator.command", "serve the local DigitalOcean API simulator"),
     "demo": ("service.demo", "simulator + service against the local broker, with sample requests"),
     "submit": ("service.submit", "publish a ProvisionDatabase command (optionally --wait)"),
+    "keygen": ("service.keygen", "make a key pair for sealed credentials (recipient_public_key)"),
     "asyncapi": ("service.asyncapi_command", "print the AsyncAPI document or write JSON Schemas"),
     "topology": ("service.broker.command", "declare the queues and exchanges and print them"),
 }

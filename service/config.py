@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import msgspec.inspect
@@ -45,7 +45,8 @@ class Settings(Struct, kw_only=True, frozen=True):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     managed_tag: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_:\-]{1,64}$")] = "provisioner"
     event_source: str = "/provisioner"
-    event_secrets: Literal["include", "omit"] = "include"
+    event_secrets: Literal["include", "omit", "sealed"] = "include"
+    policy_file: str = ""
     poll_mode: Literal["list", "per-cluster"] = "list"
     command_prefetch: Annotated[int, Meta(ge=1, le=1000)] = DEFAULT_COMMAND_PREFETCH
     watch_prefetch: Annotated[int, Meta(ge=1, le=10000)] = 500
@@ -60,6 +61,13 @@ class Settings(Struct, kw_only=True, frozen=True):
     rate_limit_minute_window_s: PositiveFloat = 60.0
     rate_limit_hour_window_s: PositiveFloat = 3600.0
     finish_max_attempts: Annotated[int, Meta(ge=1)] = 10
+
+    @property
+    def amqp_user(self) -> str:
+        """The RabbitMQ user the service connects as (aio-pika's default: guest): the
+        ``user_id`` of everything it publishes."""
+        user = urlsplit(self.amqp_url).username
+        return unquote(user) if user else "guest"
 
     @property
     def max_command_attempts(self) -> int:
@@ -92,6 +100,7 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "PROVISIONER_MANAGED_TAG": "managed_tag",
     "PROVISIONER_EVENT_SOURCE": "event_source",
     "PROVISIONER_EVENT_SECRETS": "event_secrets",
+    "PROVISIONER_POLICY_FILE": "policy_file",
     "PROVISIONER_POLL_MODE": "poll_mode",
     "PROVISIONER_COMMAND_PREFETCH": "command_prefetch",
     "PROVISIONER_WATCH_PREFETCH": "watch_prefetch",

@@ -239,6 +239,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
                     msgspec.json.encode(sample),
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    user_id=settings.amqp_user,
                 ),
                 topology.command_routing_key,
                 mandatory=True,

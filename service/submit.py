@@ -1,6 +1,8 @@
 """``provisioner submit FILE|-``: publish a command, optionally follow its events.
 
-With ``--wait`` the command carries a ``reply_to`` queue of its own and a
+The command carries the AMQP ``user_id`` of the user in ``PROVISIONER_AMQP_URL`` (the
+service requires it; RabbitMQ checks it). With ``--wait`` it also carries RabbitMQ's Direct
+Reply-to (``amq.rabbitmq.reply-to``: no queue to declare, allowed by the default policy) and a
 ``correlation_id``; the events of the request arrive there and are printed one JSON object
 per line. The exit code says how it ended: 0 ``connection_ready``, 3 ``rejected``,
 4 ``failed``, 5 no end before ``--timeout``, 2 the command is invalid (checked locally
@@ -23,7 +25,8 @@ from contracts.commands import COMMAND_CONTENT_TYPE, decode_command
 from contracts.errors import InvalidCommand
 from contracts.events import ConnectionReady, Failed, Rejected, decode_event
 from service.broker.topology import Topology
-from service.config import ConfigError, load_settings
+from service.config import ConfigError, Settings, load_settings
+from service.provisioning.policy import DIRECT_REPLY_TO
 
 __all__ = ["add_arguments", "main", "prepare"]
 
@@ -63,45 +66,53 @@ def prepare(raw: bytes) -> tuple[bytes, str | None]:
     return raw, None
 
 
-async def _submit(args: argparse.Namespace, body: bytes, topology: Topology, url: str) -> int:
-    connection = await aio_pika.connect_robust(url, timeout=10)
+async def _submit(
+    args: argparse.Namespace, body: bytes, topology: Topology, settings: Settings
+) -> int:
+    connection = await aio_pika.connect_robust(settings.amqp_url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         correlation_id = str(uuid.uuid4()) if args.wait else None
-        reply = await channel.declare_queue(exclusive=True, auto_delete=True) if args.wait else None
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if args.wait:
+            # Direct Reply-to: consumed (without acks) on the channel that publishes, before it
+            # publishes; the copies arrive while this channel is open.
+            replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+            await replies.consume(_printer(correlation_id, done), no_ack=True)
         exchange = await channel.get_exchange(topology.commands_exchange)
         await exchange.publish(
             aio_pika.Message(
                 body,
                 content_type=COMMAND_CONTENT_TYPE,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                reply_to=reply.name if reply else None,
+                reply_to=DIRECT_REPLY_TO if args.wait else None,
                 correlation_id=correlation_id,
+                user_id=settings.amqp_user,
             ),
             topology.command_routing_key,
             mandatory=True,
             timeout=30,
         )
         print(f"published to {topology.commands_exchange}", file=sys.stderr)
-        if reply is None:
+        if not args.wait:
             return EXIT_READY
-        return await _follow(reply, correlation_id, args.timeout)
+        return await _follow(done, args.timeout)
 
 
-async def _follow(queue: Any, correlation_id: str | None, timeout: float) -> int:
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
+def _printer(correlation_id: str | None, done: asyncio.Future[int]) -> Any:
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        async with message.process():
-            if message.correlation_id != correlation_id:
-                return
-            event = decode_event(message.body)
-            print(msgspec.json.encode(event).decode(), flush=True)
-            code = {ConnectionReady: EXIT_READY, Rejected: EXIT_REJECTED, Failed: EXIT_FAILED}
-            if type(event) in code and not done.done():
-                done.set_result(code[type(event)])
+        if message.correlation_id != correlation_id:
+            return
+        event = decode_event(message.body)
+        print(msgspec.json.encode(event).decode(), flush=True)
+        code = {ConnectionReady: EXIT_READY, Rejected: EXIT_REJECTED, Failed: EXIT_FAILED}
+        if type(event) in code and not done.done():
+            done.set_result(code[type(event)])
 
-    await queue.consume(on_message)
+    return on_message
+
+
+async def _follow(done: asyncio.Future[int], timeout: float) -> int:
     try:
         return await asyncio.wait_for(done, timeout)
     except TimeoutError:
@@ -127,4 +138,4 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if request_id:
         print(f"request_id: {request_id}", file=sys.stderr)
-    return asyncio.run(_submit(args, body, Topology(), settings.amqp_url))
+    return asyncio.run(_submit(args, body, Topology(), settings))

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.spec",
     "tests.fixtures.simulator",
     "tests.fixtures.broker",
+    "tests.fixtures.permissions",
 ]

@@ -8,12 +8,19 @@
 // Exit: 0 connection_ready, 3 rejected, 4 failed, 5 no end within TIMEOUT_S (default 600),
 // 1 could not run (broker unreachable, exchanges missing, unreadable command).
 // Passwords and URIs are printed as "***" unless SHOW_SECRETS=1.
+//
+// The command carries the AMQP user_id of the user in AMQP_URL (the service requires it and
+// RabbitMQ checks it) and asks for its events through RabbitMQ's Direct Reply-to. With SEALED=1
+// it makes an X25519 key pair, sends the public key as recipient_public_key, and opens the
+// connection_ready's sealed_secrets with the private key (libsodium's crypto_box_seal_open):
+// nobody else on the events exchange can read those credentials.
 
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import process from 'node:process';
 
 import amqp from 'amqplib';
+import sodium from 'libsodium-wrappers';
 
 const COMMANDS_EXCHANGE = 'provisioner.commands';
 const COMMAND_ROUTING_KEY = 'database.cluster.create';
@@ -25,6 +32,31 @@ const EXIT_CODES = {
 };
 const EXIT_TIMEOUT = 5;
 const SECRET_FIELDS = new Set(['password', 'uri', 'access_key']);
+const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';
+const CONNECTIONS = [
+  'connection',
+  'private_connection',
+  'standby_connection',
+  'standby_private_connection',
+  'ui_connection',
+  'schema_registry_connection',
+];
+
+// The sealed box holds every secret at the path it has in `data` (users by index).
+function openSealed(data, keyPair) {
+  const box = sodium.from_base64(data.sealed_secrets, sodium.base64_variants.ORIGINAL);
+  const plain = sodium.crypto_box_seal_open(box, keyPair.publicKey, keyPair.privateKey);
+  const secrets = JSON.parse(sodium.to_string(plain));
+  const opened = { ...data, secrets: 'included' };
+  delete opened.sealed_secrets;
+  for (const name of CONNECTIONS) {
+    if (opened[name] && secrets[name]) opened[name] = { ...opened[name], ...secrets[name] };
+  }
+  opened.users = (data.users ?? []).map((user, i) =>
+    secrets.users?.[i]?.name === user.name ? { ...user, ...secrets.users[i] } : user,
+  );
+  return opened;
+}
 
 function smallPostgres() {
   const suffix = randomUUID().slice(0, 8);
@@ -76,6 +108,17 @@ async function main() {
   command.request_id ??= randomUUID();
   const requestId = command.request_id;
   const correlationId = randomUUID();
+  // The user this connection logs in as: RabbitMQ refuses any other user_id.
+  const userId = decodeURIComponent(new URL(url).username) || 'guest';
+  let keyPair = null;
+  if (process.env.SEALED === '1') {
+    await sodium.ready;
+    keyPair = sodium.crypto_box_keypair();
+    command.recipient_public_key = sodium.to_base64(
+      keyPair.publicKey,
+      sodium.base64_variants.ORIGINAL,
+    );
+  }
 
   const connection = await amqp.connect(url);
   try {
@@ -92,8 +135,7 @@ async function main() {
     await channel.checkExchange(COMMANDS_EXCHANGE);
     await channel.checkExchange(EVENTS_EXCHANGE);
 
-    // Our own queues: server-named and exclusive, gone when this process disconnects.
-    const replies = await channel.assertQueue('', { exclusive: true });
+    // A subscriber queue of our own: server-named and exclusive, gone when we disconnect.
     const subscriber = await channel.assertQueue('', { exclusive: true });
     await channel.bindQueue(subscriber.queue, EVENTS_EXCHANGE, 'database.cluster.#');
 
@@ -103,6 +145,9 @@ async function main() {
       const key = `${event.source}\u0000${event.id}`;
       if (seen.has(key)) return;
       seen.add(key);
+      if (keyPair !== null && event.data?.sealed_secrets) {
+        event = { ...event, data: openSealed(event.data, keyPair) };
+      }
       console.log(JSON.stringify(showSecrets ? event : masked(event)));
     };
     // Anyone may publish on the events exchange: skip what is not JSON instead of crashing.
@@ -131,8 +176,9 @@ async function main() {
     const outcome = new Promise((resolve) => {
       finish = resolve;
     });
+    // Direct Reply-to: consumed without acks on the channel that publishes, before it does.
     await channel.consume(
-      replies.queue,
+      DIRECT_REPLY_TO,
       (message) => {
         if (message === null || message.properties.correlationId !== correlationId) return;
         const event = parse(message);
@@ -157,8 +203,9 @@ async function main() {
           contentType: 'application/json',
           persistent: true,
           mandatory: true,
-          replyTo: replies.queue,
+          replyTo: DIRECT_REPLY_TO,
           correlationId,
+          userId,
         },
         (err) => (err ? reject(err) : resolve()),
       );

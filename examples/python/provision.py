@@ -9,6 +9,12 @@ Each event of the request is printed as one JSON line on stdout; progress goes t
 Exit: 0 ``connection_ready``, 3 ``rejected``, 4 ``failed``, 5 no end within ``TIMEOUT_S``
 (default 600), 2 the command is invalid, 1 could not run. Passwords and URIs are printed as
 ``***`` unless ``SHOW_SECRETS=1``.
+
+The command carries the AMQP ``user_id`` of the user in ``AMQP_URL`` (the service requires it;
+RabbitMQ checks it) and asks for its events through RabbitMQ's Direct Reply-to. With
+``SEALED=1`` it sends a fresh public key as ``recipient_public_key`` and opens the
+``connection_ready``'s ``sealed_secrets`` with the private key: nobody else on the events
+exchange can read those credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import msgspec
@@ -31,12 +38,15 @@ from contracts import (
     ProvisionDatabase,
     decode_command,
     encode_command,
+    new_keypair,
+    open_sealed_secrets,
 )
 from contracts.events import ConnectionReady, Event, Failed, Rejected, decode_event
 
 COMMANDS_EXCHANGE: Final = "provisioner.commands"
 COMMAND_ROUTING_KEY: Final = "database.cluster.create"
 EVENTS_EXCHANGE: Final = "provisioner.events"
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 EXIT_READY: Final = 0
 EXIT_CANNOT_RUN: Final = 1
 EXIT_INVALID: Final = 2
@@ -86,10 +96,14 @@ def masked(value: Any) -> Any:
 
 
 async def provision(
-    url: str, command: ProvisionDatabase, timeout_s: float, show_secrets: bool
+    url: str, command: ProvisionDatabase, timeout_s: float, show_secrets: bool, sealed: bool
 ) -> int:
     """Publish ``command``, print its events, return the exit code its outcome gives."""
     correlation_id = str(uuid.uuid4())
+    private_key = None
+    if sealed:
+        private_key, public_key = new_keypair()
+        command = msgspec.structs.replace(command, recipient_public_key=public_key)
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     seen: set[tuple[str, str]] = set()
 
@@ -99,6 +113,8 @@ async def provision(
         if key in seen:
             return
         seen.add(key)
+        if isinstance(event, ConnectionReady) and private_key and event.data.sealed_secrets:
+            event.data = open_sealed_secrets(event, private_key)
         shown = msgspec.to_builtins(event)
         print(msgspec.json.encode(shown if show_secrets else masked(shown)).decode(), flush=True)
 
@@ -130,12 +146,13 @@ async def provision(
         # The service owns the exchanges: check they are there, never declare them.
         commands = await channel.get_exchange(COMMANDS_EXCHANGE, ensure=True)
         events = await channel.get_exchange(EVENTS_EXCHANGE, ensure=True)
-        # Our own queues: server-named and exclusive, gone when this process disconnects,
-        # so acknowledging their messages buys nothing.
-        replies = await channel.declare_queue(exclusive=True)
+        # A subscriber queue of our own: server-named and exclusive, gone when we disconnect,
+        # so acknowledging its messages buys nothing.
         subscriber = await channel.declare_queue(exclusive=True)
         await subscriber.bind(events, routing_key="database.cluster.#")
         await subscriber.consume(on_broadcast, no_ack=True)
+        # Direct Reply-to: consumed without acks on the channel that publishes, before it does.
+        replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
         await replies.consume(on_reply, no_ack=True)
 
         await commands.publish(
@@ -143,8 +160,10 @@ async def provision(
                 encode_command(command),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                reply_to=replies.name,
+                reply_to=DIRECT_REPLY_TO,
                 correlation_id=correlation_id,
+                # The user this connection logs in as: RabbitMQ refuses any other user_id.
+                user_id=unquote(urlsplit(url).username or "") or "guest",
             ),
             COMMAND_ROUTING_KEY,
             mandatory=True,  # with on_return_raises: an unrouted command is an error
@@ -163,6 +182,7 @@ def main() -> int:
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     timeout_s = float(os.environ.get("TIMEOUT_S", "600"))
     show_secrets = os.environ.get("SHOW_SECRETS") == "1"
+    sealed = os.environ.get("SEALED") == "1"
     try:
         command = read_command(sys.argv[1]) if len(sys.argv) > 1 else small_postgres()
     except InvalidCommand as exc:
@@ -173,7 +193,7 @@ def main() -> int:
         print(f"provision: cannot read the command: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     try:
-        return asyncio.run(provision(url, command, timeout_s, show_secrets))
+        return asyncio.run(provision(url, command, timeout_s, show_secrets, sealed))
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN

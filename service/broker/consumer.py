@@ -45,6 +45,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
         reply_to=message.reply_to,
         correlation_id=message.correlation_id,
         message_id=message.message_id,
+        user_id=message.user_id,
         redelivered=bool(message.redelivered),
         unreadable=[FieldError(f"properties.{where}", why) for where, why in note.unreadable]
         if note is not None
@@ -341,6 +342,7 @@ class WatchConsumer(_Consumer):
         prefetch: int,
         handler: WatchHandler,
         *,
+        trusted_user: str,
         batch_max: int,
         linger_s: float = 0.05,
         on_outcome: Callable[[WatchOutcome], None] | None = None,
@@ -349,6 +351,7 @@ class WatchConsumer(_Consumer):
     ) -> None:
         super().__init__(channel, queue, prefetch, metrics)
         self._handler = handler
+        self._trusted_user = trusted_user
         self._batch_max = batch_max
         self._linger_s = linger_s
         self._on_outcome = on_outcome
@@ -359,6 +362,13 @@ class WatchConsumer(_Consumer):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
+        if message.user_id != self._trusted_user:
+            # Only the service sends watches, with its own user_id (the broker checks it): any
+            # other watch would have the service announce a cluster's credentials to whoever
+            # forged it. Such a message goes to the dead-letter queue, for a person.
+            log.error("watch_message_forged", user_id=(message.user_id or "")[:128])
+            await self._return(message, "reject")
+            return
         note = take_note(dict(message.headers or {}))
         if note is not None:
             # Only the service writes watches: one the frame layer could not hand on whole

@@ -5,6 +5,11 @@ connection would otherwise wait for the reconnect forever). Messages to our own 
 are ``mandatory`` on a channel that raises on returns, so a missing queue is an error,
 not a silent drop. Events are not mandatory: an events exchange without subscribers is
 normal. Publishes from concurrent handlers pipeline on the channel.
+
+Every message carries the service's own RabbitMQ user as its ``user_id`` (the broker checks
+it): subscribers can tell the service's events from anyone else's, and the service can tell
+its own watches and retries from a message a producer forged. Copies to a producer's
+``reply_to`` go through ``ReplyCopies``, on a connection of their own.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from pamqp.commands import Basic
 from contracts.errors import FieldError
 from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
 from service.broker.frames import portable_headers
+from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
 from service.provisioning.messages import (
     ATTEMPT_HEADER,
+    PRODUCER_HEADER,
     REJECTION_HEADER,
     WATCH_CONTENT_TYPE,
     WatchState,
@@ -60,18 +67,20 @@ class RabbitPublisher:
         channel: AbstractChannel,
         topology: Topology,
         *,
+        user_id: str,
         timeout_s: float,
+        replies: ReplyCopies | None = None,
         observer: PublishObserver | None = None,
         on_headers_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self._channel = channel
         self._topology = topology
+        self._user_id = user_id
         self._timeout_s = timeout_s
+        self._replies = replies
         self._observer = observer
         self._on_headers_dropped = on_headers_dropped
         self._events: AbstractExchange | None = None
-        self._own_names = frozenset(q.name for q in topology.queues())
-        self._own_prefixes = (f"{topology.requests_queue}.", f"{topology.watch_queue}.")
 
     async def _events_exchange(self) -> AbstractExchange:
         if self._events is None:
@@ -96,33 +105,31 @@ class RabbitPublisher:
             type=event.routing_key,
             timestamp=datetime.now(UTC),
             app_id=APP_ID,
+            user_id=self._user_id,
             correlation_id=correlation_id,
         )
         await self._ready()
         exchange = await self._events_exchange()
         # Not mandatory (aio-pika's default is mandatory): an events exchange nobody
-        # listens to yet is normal, and a producer whose reply queue went away must not
-        # block its own request.
+        # listens to yet is normal.
         await exchange.publish(message, event.routing_key, mandatory=False, timeout=self._timeout_s)
-        if reply_to and self._own_queue(reply_to):
-            # A producer must not make the service feed its own queues (or leak the
-            # credentials into them): the broadcast copy is all such a request gets.
-            log.warning("reply_to_refused", reply_to=reply_to[:128], event_type=event.routing_key)
-        elif reply_to:
-            await self._channel.default_exchange.publish(
-                message, reply_to, mandatory=False, timeout=self._timeout_s
-            )
+        if reply_to and self._replies is not None:
+            await self._replies.send(message, reply_to)
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
 
-    def _own_queue(self, name: str) -> bool:
-        return name in self._own_names or name.startswith(self._own_prefixes)
-
-    async def retry_command(self, delivery: Delivery, attempt: int) -> None:
-        """The command again, through the delay queue for this attempt."""
-        headers = {**self._portable(delivery.headers), ATTEMPT_HEADER: attempt + 1}
+    async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
+        """The command again, through the delay queue for this attempt; the copy is the
+        service's (its ``user_id``), so the producer it came from travels in a header."""
+        headers = {
+            **self._portable(delivery.headers),
+            ATTEMPT_HEADER: attempt + 1,
+            PRODUCER_HEADER: producer,
+        }
         await self._to_queue(
-            self._topology.retry_queue(attempt), _copy(delivery, headers), mandatory=True
+            self._topology.retry_queue(attempt),
+            _copy(delivery, headers, self._user_id),
+            mandatory=True,
         )
 
     async def schedule_watch(self, watch: WatchState) -> None:
@@ -139,23 +146,30 @@ class RabbitPublisher:
             delivery_mode=DeliveryMode.PERSISTENT,
             message_id=watch.cluster_id,
             app_id=APP_ID,
+            user_id=self._user_id,
         )
         await self._to_queue(self._topology.watch_delay_queue(), message, mandatory=True)
 
-    async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
-        """The original command, with why it was refused in its headers. Of the producer's
-        headers, those that are written back as they came; if the copy still cannot be
-        written, it is parked with the service's headers only, and says so."""
+    async def park(
+        self, delivery: Delivery, errors: list[FieldError], producer: str | None
+    ) -> None:
+        """The original command, with why it was refused (and whose it was) in its headers.
+        Of the producer's headers, those that are written back as they came; if the copy
+        still cannot be written, it is parked with the service's headers only, and says so."""
         reason = _bounded_reason(errors)
         own: dict[str, Any] = {
             REJECTION_HEADER: reason.decode(),
             "x-rejected-at": datetime.now(UTC).isoformat(),
             "x-rejection-count": len(errors),
         }
+        if producer is not None:
+            own[PRODUCER_HEADER] = producer
+        theirs = self._portable(delivery.headers)
+        theirs.pop(PRODUCER_HEADER, None)  # only the service says whose a command is
         queue = self._topology.rejected_queue
         try:
             try:
-                copy = _copy(delivery, {**self._portable(delivery.headers), **own})
+                copy = _copy(delivery, {**theirs, **own}, self._user_id)
                 await self._to_queue(queue, copy, mandatory=True)
             except _UNWRITABLE as exc:
                 log.warning("parked_without_headers", error=f"{type(exc).__name__}: {exc}"[:200])
@@ -164,7 +178,7 @@ class RabbitPublisher:
                 own[HEADERS_DROPPED_HEADER] = (
                     f"the producer's headers could not be written ({type(exc).__name__})"
                 )
-                await self._to_queue(queue, _copy(delivery, own), mandatory=True)
+                await self._to_queue(queue, _copy(delivery, own, self._user_id), mandatory=True)
         except aio_pika.exceptions.DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 # x-overflow=reject-publish: the queue is at its length or byte bound.
@@ -213,7 +227,7 @@ def _bounded_reason(errors: list[FieldError]) -> bytes:
     return msgspec.json.encode(kept)
 
 
-def _copy(delivery: Delivery, headers: dict[str, Any]) -> aio_pika.Message:
+def _copy(delivery: Delivery, headers: dict[str, Any], user_id: str) -> aio_pika.Message:
     return aio_pika.Message(
         delivery.body,
         content_type=delivery.content_type,
@@ -222,4 +236,5 @@ def _copy(delivery: Delivery, headers: dict[str, Any]) -> aio_pika.Message:
         reply_to=delivery.reply_to,
         correlation_id=delivery.correlation_id,
         message_id=delivery.message_id,
+        user_id=user_id,
     )

@@ -165,6 +165,9 @@ class ClusterScan(msgspec.Struct, frozen=True):
     index otherwise; a ``TagIndex`` when read by ``scan_clusters``."""
     full: dict[str, DatabaseCluster]
     """The clusters the scan was asked to read in full, by id."""
+    creating: dict[str, int] = {}
+    """How many ``creating`` clusters carry each tag that starts with the scan's
+    ``count_prefix``."""
 
     def tagged_with(self, tag: str) -> str | None:
         """The id of the cluster that carries ``tag``, if any; almost certainly right (the
@@ -198,14 +201,21 @@ class _ClusterListReader:
     another shape is read whole and decoded at the end, so nothing valid is ever refused.
     """
 
-    def __init__(self, tag_prefix: str | None, full: Callable[[str, str | None], bool]) -> None:
+    def __init__(
+        self,
+        tag_prefix: str | None,
+        full: Callable[[str, str | None], bool],
+        count_prefix: str | None = None,
+    ) -> None:
         self._tag_prefix = tag_prefix
+        self._count_prefix = count_prefix
         self._full = full
         self._buffer = bytearray()
         self._state = "head"  # then "items" (the expected shape) or "whole" (anything else)
         self.statuses: dict[str, str | None] = {}
         self.tagged = TagIndex()
         self.full: dict[str, DatabaseCluster] = {}
+        self.creating: dict[str, int] = {}
         self.error: msgspec.DecodeError | None = None
 
     def feed(self, chunk: bytes) -> None:
@@ -236,7 +246,9 @@ class _ClusterListReader:
             body = bytearray(b'{"databases":[') + body
         self._take(_RAW_LIST.decode(body).databases or [])
         self._buffer = bytearray()
-        return ClusterScan(statuses=self.statuses, tagged=self.tagged, full=self.full)
+        return ClusterScan(
+            statuses=self.statuses, tagged=self.tagged, full=self.full, creating=self.creating
+        )
 
     def _cut(self) -> None:
         buffer = self._buffer
@@ -268,6 +280,10 @@ class _ClusterListReader:
                 for tag in summary.tags or ():
                     if tag.startswith(prefix):
                         self.tagged.add(hash(tag), cluster_id)
+            if status == "creating" and self._count_prefix is not None:
+                for tag in summary.tags or ():
+                    if tag.startswith(self._count_prefix):
+                        self.creating[tag] = self.creating.get(tag, 0) + 1
             if self._full(cluster_id, status):
                 self.full[cluster_id] = _FULL_CLUSTER.decode(item)
 
@@ -498,14 +514,16 @@ class DigitalOceanClient:
         *,
         tag_prefix: str | None = None,
         full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
     ) -> ClusterScan:
         """``GET /v2/databases`` read lean (retried), for following many clusters.
 
         Returns every listed cluster's status, the tags that start with ``tag_prefix``, and in
-        full only the clusters for which ``full(id, status)`` is true. The body is parsed while
-        it arrives, so memory holds one chunk and the index, not the megabytes that thousands
-        of clusters make; nothing but the chosen clusters' details (passwords included) is
-        ever decoded.
+        full only the clusters for which ``full(id, status)`` is true; for each tag that
+        starts with ``count_prefix``, how many ``creating`` clusters carry it. The body is
+        parsed while it arrives, so memory holds one chunk and the index, not the megabytes
+        that thousands of clusters make; nothing but the chosen clusters' details (passwords
+        included) is ever decoded.
         """
         operation = "list_clusters"
         path = "/v2/databases"
@@ -514,7 +532,7 @@ class DigitalOceanClient:
         wanted = full if full is not None else _nothing_in_full
 
         def reader() -> _ClusterListReader:
-            return _ClusterListReader(tag_prefix, wanted)
+            return _ClusterListReader(tag_prefix, wanted, count_prefix)
 
         # Urgent: one list answers every due watch at once (see RateLimiter).
         reply = await self._idempotent(operation, "GET", path, urgent=True, stream=reader)

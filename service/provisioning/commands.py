@@ -1,9 +1,13 @@
-"""Handle one ``ProvisionDatabase`` command: validate, create (or adopt), start watching.
+"""Handle one ``ProvisionDatabase`` command: validate, authorize, create (or adopt), watch.
 
 The handler says what to do with the delivery (``ack`` or ``requeue``); the broker layer
 does it. It acks only after every event and message the command produced was confirmed
 by the broker, so a crash at any point redelivers the command, and adoption (below) makes
 the redelivery harmless: one request, one cluster.
+
+A request is a producer's: the RabbitMQ user that published it (the AMQP ``user_id``, which
+the broker checks against the connection) together with its ``request_id``. Adoption, events
+and replies never cross producers, and what a producer may ask for is its policy's to say.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from contracts.commands import COMMAND_CONTENT_TYPE, ProvisionDatabase, decode_c
 from contracts.digitalocean import DatabaseCluster, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
 from contracts.events import ApiErrorDetail
+from contracts.sealed import SealedSecrets, SealedSecretsError, seal_secrets
 from service.digitalocean import (
     AmbiguousCreate,
     ApiError,
@@ -38,6 +43,7 @@ from service.provisioning.messages import (
     ATTEMPT_HEADER,
     FIRST_ATTEMPT_HEADER,
     OVERSIZED_CONTENT_TYPE,
+    PRODUCER_HEADER,
     OversizedRecord,
     WatchState,
     decode_stamp,
@@ -46,6 +52,7 @@ from service.provisioning.messages import (
     request_id_in_prefix,
 )
 from service.provisioning.options import OfferCheck
+from service.provisioning.policy import Policy
 from service.provisioning.ports import (
     ClusterApi,
     Delivery,
@@ -56,7 +63,7 @@ from service.provisioning.ports import (
 )
 from service.provisioning.watch import ClusterSnapshot
 
-__all__ = ["CommandHandler", "CommandOutcome", "request_tag", "spec_tag"]
+__all__ = ["CommandHandler", "CommandOutcome", "owner_tag", "request_tag", "spec_tag"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +83,19 @@ class CommandOutcome(Struct, frozen=True):
     disposition: Literal["ack", "requeue"]
 
 
-def request_tag(managed_tag: str, request_id: str) -> str:
-    """The tag that marks the cluster a request created (DigitalOcean tags allow
-    letters, digits, ``:``, ``-`` and ``_``; a hash keeps any request id within that)."""
-    digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
+def request_tag(managed_tag: str, producer: str, request_id: str) -> str:
+    """The tag that marks the cluster a producer's request created (DigitalOcean tags allow
+    letters, digits, ``:``, ``-`` and ``_``; a hash keeps any name within that). Two producers
+    using the same ``request_id`` get different tags, so neither can adopt the other's."""
+    digest = hashlib.sha256(f"{producer}\x00{request_id}".encode()).hexdigest()[:32]
     return f"{managed_tag}:req:{digest}"
+
+
+def owner_tag(managed_tag: str, producer: str) -> str:
+    """The tag on every cluster the service created for ``producer``: what its restores and
+    its clusters in flight are counted by."""
+    digest = hashlib.sha256(producer.encode()).hexdigest()[:32]
+    return f"{managed_tag}:owner:{digest}"
 
 
 def spec_tag(managed_tag: str, cluster: DatabaseClusterCreate) -> str:
@@ -140,13 +155,14 @@ def _too_large(size: int, limit: int) -> FieldError:
 
 
 def _oversized_record(
-    delivery: Delivery, errors: list[FieldError], request_id: str | None
+    delivery: Delivery, errors: list[FieldError], request_id: str | None, producer: str | None
 ) -> Delivery:
     """What is parked of a command over the size limit: who, which request, how big, why,
     and the first bytes; bounded whatever the producer sent."""
     record = OversizedRecord(
         reason="; ".join(str(e) for e in errors),
         size=delivery.size,
+        producer=producer,
         request_id=request_id,
         content_type=delivery.content_type,
         head=delivery.body[:OVERSIZED_HEAD_BYTES].decode("utf-8", "replace"),
@@ -184,6 +200,12 @@ class KeyedLock:
         return len(self._locks)
 
 
+def _header_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
 class CommandHandler:
     """Turns a delivery into a cluster being watched, a rejection or a failure."""
 
@@ -196,6 +218,8 @@ class CommandHandler:
         factory: EventFactory,
         offer: OfferCheck,
         snapshot: ClusterSnapshot | None,
+        service_user: str,
+        policy: Policy | None = None,
         managed_tag: str,
         create_timeout_s: float,
         not_found_grace_s: float,
@@ -211,6 +235,9 @@ class CommandHandler:
         self._factory = factory
         self._offer = offer
         self._snapshot = snapshot  # None: the account may not list; rely on the 422 alone
+        # The service's own RabbitMQ user: on its retries the producer travels in a header.
+        self._service_user = service_user
+        self._policy = policy if policy is not None else Policy()
         self._busy = KeyedLock()
         # Clusters this replica created or adopted lately, by request tag: answers the
         # pre-check for a repeated request_id before any list can show the cluster.
@@ -225,22 +252,81 @@ class CommandHandler:
         self._wall = wall
 
     async def handle(self, delivery: Delivery) -> CommandOutcome:
-        """Validate and provision; never raises for anything the command contains."""
+        """Validate, authorize and provision; never raises for anything the command contains."""
+        producer = self._producer(delivery)
+        errors: list[FieldError] = []
+        if producer is None:
+            errors.append(
+                FieldError(
+                    "properties.user_id",
+                    "required: publish the command with the AMQP user_id property set to the "
+                    "RabbitMQ user you connect as (RabbitMQ checks it; it says whose request "
+                    "this is)",
+                )
+            )
         try:
             command = self._decode(delivery)
-            offer_errors = await self._offer.check(command.cluster)
-            if offer_errors:
-                raise InvalidCommand(offer_errors)
         except InvalidCommand as exc:
-            await self._reject(delivery, exc.errors)
+            await self._reject(delivery, errors + exc.errors, producer)
+            return CommandOutcome("rejected", "ack")
+        if producer is not None:
+            errors += self._authorize(producer, command, delivery)
+        if not errors:
+            errors += await self._offer.check(command.cluster)
+        if producer is None or errors:
+            await self._reject(delivery, errors, producer)
             return CommandOutcome("rejected", "ack")
         structlog.contextvars.bind_contextvars(
-            request_id=command.request_id, correlation_id=delivery.correlation_id
+            request_id=command.request_id,
+            producer=producer,
+            correlation_id=delivery.correlation_id,
         )
-        # One command per request_id at a time in this replica: a second one (a producer's
+        # One command per request at a time in this replica: a second one (a producer's
         # retry, a reused id) then sees what the first created instead of racing it.
-        async with self._busy.hold(command.request_id):
-            return await self._provision(delivery, command, _attempt(delivery))
+        async with self._busy.hold(request_tag(self._managed_tag, producer, command.request_id)):
+            return await self._provision(delivery, command, producer, _attempt(delivery))
+
+    def _producer(self, delivery: Delivery) -> str | None:
+        """Whose command this is: its ``user_id``, which RabbitMQ vouches for; on a copy the
+        service sent on (a retry) the producer it names, believed because only the service's
+        own user can publish with the service's ``user_id``."""
+        user = delivery.user_id or None
+        if user is not None and user == self._service_user:
+            return _header_text(delivery.headers.get(PRODUCER_HEADER)) or user
+        return user
+
+    def _authorize(
+        self, producer: str, command: ProvisionDatabase, delivery: Delivery
+    ) -> list[FieldError]:
+        """What the deployment forbids this producer, before any API call."""
+        errors: list[FieldError] = []
+        managed = self._managed_tag.lower()
+        for i, tag in enumerate(command.cluster.tags or []):
+            if tag.lower() == managed or tag.lower().startswith(managed + ":"):
+                errors.append(
+                    FieldError(
+                        f"$.cluster.tags[{i}]",
+                        f"tag {tag[:64]!r} is reserved: the service marks its clusters with "
+                        f"`{self._managed_tag}` and `{self._managed_tag}:*` tags",
+                    )
+                )
+        key = command.recipient_public_key
+        if key is None and self._factory.secrets == "sealed":
+            errors.append(
+                FieldError(
+                    "$.recipient_public_key",
+                    "required: this service sends credentials only sealed "
+                    "(PROVISIONER_EVENT_SECRETS=sealed); add the base64 X25519 public key "
+                    "that `provisioner keygen` prints",
+                )
+            )
+        elif key is not None:
+            try:
+                seal_secrets(SealedSecrets(), key)
+            except SealedSecretsError as exc:
+                errors.append(FieldError("$.recipient_public_key", str(exc)))
+        errors += self._policy.check(producer, command, delivery.reply_to)
+        return errors
 
     def _decode(self, delivery: Delivery) -> ProvisionDatabase:
         if delivery.unreadable or delivery.size > self._max_bytes:
@@ -263,15 +349,21 @@ class CommandHandler:
             )
         return decode_command(delivery.body, max_bytes=self._max_bytes)
 
-    async def _reject(self, delivery: Delivery, errors: list[FieldError]) -> None:
+    async def _reject(
+        self, delivery: Delivery, errors: list[FieldError], producer: str | None
+    ) -> None:
         oversized = delivery.size > self._max_bytes
         peek = (
             _Peek(request_id_in_prefix(delivery.body))
             if oversized
             else _peek(delivery.body, self._max_bytes)
         )
-        log.info("command_rejected", request_id=peek.request_id, errors=len(errors))
-        event = self._factory.rejected(delivery.body, errors, peek.request_id, peek.metadata)
+        log.info(
+            "command_rejected", request_id=peek.request_id, producer=producer, errors=len(errors)
+        )
+        event = self._factory.rejected(
+            delivery.body, errors, peek.request_id, peek.metadata, producer=producer
+        )
         reason: ParkReason = (
             "too_large"
             if oversized
@@ -280,35 +372,49 @@ class CommandHandler:
             else "invalid"
         )
         # An oversized command is parked as a small record of it, never whole.
-        parked = _oversized_record(delivery, errors, peek.request_id) if oversized else delivery
+        parked = (
+            _oversized_record(delivery, errors, peek.request_id, producer)
+            if oversized
+            else delivery
+        )
         # Park first: if the event publish fails the redelivery parks again (harmless),
         # whereas the other order could announce a rejection whose message is lost.
         try:
-            await self._work.park(parked, errors)
+            await self._work.park(parked, errors, producer)
         except ParkingFull:
             # The parking queue is at its bound: the broker keeps what it holds, and this
             # message goes no further than the rejected event (which says why) and a metric.
-            log.warning("parking_queue_full", request_id=peek.request_id)
+            log.warning("parking_queue_full", request_id=peek.request_id, producer=producer)
             reason = "parking_full"
         if self._on_parked is not None:
             self._on_parked(reason)
-        await self._events.publish(
-            event, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id
-        )
+        # A copy goes to reply_to only where the producer's policy allows replies to go, so
+        # a refused command cannot steer even its rejection into someone else's queue.
+        reply_to = delivery.reply_to
+        if reply_to is not None and (
+            producer is None or not self._policy.reply_allowed(producer, reply_to)
+        ):
+            reply_to = None
+        await self._events.publish(event, reply_to=reply_to, correlation_id=delivery.correlation_id)
 
     async def _provision(
-        self, delivery: Delivery, command: ProvisionDatabase, attempt: int
+        self, delivery: Delivery, command: ProvisionDatabase, producer: str, attempt: int
     ) -> CommandOutcome:
-        mine = request_tag(self._managed_tag, command.request_id)
+        mine = request_tag(self._managed_tag, producer, command.request_id)
         spec = spec_tag(self._managed_tag, command.cluster)
+        owner = owner_tag(self._managed_tag, producer)
         body = command.cluster.api_body(managed_tag=self._managed_tag)
-        body = msgspec.structs.replace(body, tags=[*(body.tags or []), mine, spec])
+        body = msgspec.structs.replace(body, tags=[*(body.tags or []), owner, mine, spec])
         try:
             # A cluster this request already created (a redelivery, a producer's retry):
             # a recent list answers it without a doomed POST.
             cluster = await self._created_by(mine)
             outcome: Outcome = "adopted"
             if cluster is None:
+                denied = await self._limits(producer, command, owner)
+                if denied:
+                    await self._reject(delivery, denied, producer)
+                    return CommandOutcome("rejected", "ack")
                 try:
                     cluster = await self._api.create_cluster(body)
                     outcome = "accepted"
@@ -320,31 +426,33 @@ class CommandHandler:
                         # This request (an earlier attempt, another copy of the command)
                         # may have created it, and a fresh cluster can be missing from the
                         # list for a while: look again later, within that grace.
-                        return await self._retry_or_fail(delivery, command, attempt, exc)
+                        return await self._retry_or_fail(delivery, command, producer, attempt, exc)
                     if cluster is None:
-                        return await self._fail_api(delivery, command, exc, attempt)
+                        return await self._fail_api(delivery, command, producer, exc, attempt)
                     if mine not in (cluster.tags or []):
+                        # Someone else's cluster: say nothing of it (not its id, not whose).
                         return await self._fail(
                             delivery,
                             command,
+                            producer,
                             "api_error",
                             f"the name {command.cluster.name!r} is taken by a cluster this "
-                            "request did not create",
-                            cluster_id=cluster.id,
+                            "request did not create; choose another name",
                             api_error=api_error_detail(exc),
                         )
         except Unauthorized:
             await self._on_unauthorized()
             return CommandOutcome("requeued", "requeue")
         except TRANSIENT as exc:
-            return await self._retry_or_fail(delivery, command, attempt, exc)
+            return await self._retry_or_fail(delivery, command, producer, attempt, exc)
         except ApiError as exc:
-            return await self._fail_api(delivery, command, exc, attempt)
+            return await self._fail_api(delivery, command, producer, exc, attempt)
         if outcome == "adopted":
             if spec not in (cluster.tags or []):
                 return await self._fail(
                     delivery,
                     command,
+                    producer,
                     "request_conflict",
                     f"request_id {command.request_id!r} was already used for a different "
                     f"cluster ({cluster.name!r}); use a new request_id for a new cluster",
@@ -352,8 +460,48 @@ class CommandHandler:
                 )
             log.info("cluster_adopted", cluster_id=cluster.id)
         self._remember(mine, cluster)
-        await self._start_watching(delivery, command, cluster)
+        await self._start_watching(delivery, command, producer, cluster)
         return CommandOutcome(outcome, "ack")
+
+    async def _limits(
+        self, producer: str, command: ProvisionDatabase, owner: str
+    ) -> list[FieldError]:
+        """The rules that need DigitalOcean's word: clusters in flight and the restore's
+        source. Raises ``ApiError`` when it cannot be had (the command is retried)."""
+        rules = self._policy.rules_for(producer)
+        errors: list[FieldError] = []
+        limit = rules.max_clusters_in_flight
+        if limit is not None:
+            creating = await self._creating(owner)
+            if creating >= limit:
+                errors.append(
+                    FieldError(
+                        "$",
+                        f"producer {producer!r} has {creating} clusters being created; its "
+                        f"policy allows {limit} at once: try again when one is online",
+                    )
+                )
+        restore = command.cluster.backup_restore
+        if restore is not None:
+            owned = await self._api.list_clusters(tag_name=owner)
+            if restore.database_name not in {c.name for c in owned}:
+                errors.append(
+                    FieldError(
+                        "$.cluster.backup_restore.database_name",
+                        f"producer {producer!r} may only restore clusters it created through "
+                        f"this service; {restore.database_name[:64]!r} is not one of them",
+                    )
+                )
+        return errors
+
+    async def _creating(self, owner: str) -> int:
+        # This replica's own creations count even where the list does not show them yet.
+        mine = {c.id for c in self._recent.values() if owner in (c.tags or ())}
+        if self._snapshot is not None:
+            return await self._snapshot.creating_with(owner, mine)
+        clusters = await self._api.list_clusters(tag_name=owner)
+        listed = {c.id for c in clusters}
+        return sum(1 for c in clusters if c.status == "creating") + len(mine - listed)
 
     def _remember(self, tag: str, cluster: DatabaseCluster) -> None:
         self._recent[tag] = cluster
@@ -382,7 +530,11 @@ class CommandHandler:
         return None
 
     async def _start_watching(
-        self, delivery: Delivery, command: ProvisionDatabase, cluster: DatabaseCluster
+        self,
+        delivery: Delivery,
+        command: ProvisionDatabase,
+        producer: str,
+        cluster: DatabaseCluster,
     ) -> None:
         structlog.contextvars.bind_contextvars(cluster_id=cluster.id)
         now = self._wall()
@@ -401,6 +553,8 @@ class CommandHandler:
             metadata=command.metadata,
             reply_to=delivery.reply_to,
             correlation_id=delivery.correlation_id,
+            producer=producer,
+            recipient_public_key=command.recipient_public_key,
         )
         event = self._factory.status_changed(watch, watch.status or "creating", None)
         await self._events.publish(
@@ -417,20 +571,26 @@ class CommandHandler:
         return self._wall() - self._first_attempt_at(delivery) < self._not_found_grace_s
 
     async def _retry_or_fail(
-        self, delivery: Delivery, command: ProvisionDatabase, attempt: int, exc: ApiError
+        self,
+        delivery: Delivery,
+        command: ProvisionDatabase,
+        producer: str,
+        attempt: int,
+        exc: ApiError,
     ) -> CommandOutcome:
         if attempt < self._max_attempts:
             log.info("create_retry_scheduled", attempt=attempt, error=str(exc))
             first = {FIRST_ATTEMPT_HEADER: encode_stamp(self._first_attempt_at(delivery))}
             delivery = msgspec.structs.replace(delivery, headers={**first, **delivery.headers})
-            await self._work.retry_command(delivery, attempt)
+            await self._work.retry_command(delivery, attempt, producer)
             return CommandOutcome("retried", "ack")
         if isinstance(exc, Unprocessable):
             # Looked for long enough: no cluster of this request hides behind the 422.
-            return await self._fail_api(delivery, command, exc, attempt)
+            return await self._fail_api(delivery, command, producer, exc, attempt)
         return await self._fail(
             delivery,
             command,
+            producer,
             "retries_exhausted",
             f"DigitalOcean did not accept the create after {attempt} attempts: {exc}",
             attempts=attempt,
@@ -438,11 +598,17 @@ class CommandHandler:
         )
 
     async def _fail_api(
-        self, delivery: Delivery, command: ProvisionDatabase, exc: ApiError, attempt: int
+        self,
+        delivery: Delivery,
+        command: ProvisionDatabase,
+        producer: str,
+        exc: ApiError,
+        attempt: int,
     ) -> CommandOutcome:
         return await self._fail(
             delivery,
             command,
+            producer,
             "api_error",
             f"DigitalOcean refused the create: {exc.message}",
             attempts=attempt,
@@ -453,6 +619,7 @@ class CommandHandler:
         self,
         delivery: Delivery,
         command: ProvisionDatabase,
+        producer: str,
         reason: Literal["api_error", "retries_exhausted", "request_conflict"],
         message: str,
         *,
@@ -470,6 +637,7 @@ class CommandHandler:
             attempts=attempts,
             api_error=api_error,
             metadata=command.metadata,
+            producer=producer,
         )
         await self._events.publish(
             event, reply_to=delivery.reply_to, correlation_id=delivery.correlation_id

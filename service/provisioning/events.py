@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Literal
 
 import msgspec
 
-from contracts.digitalocean import (
-    DatabaseCluster,
-    DatabaseConnection,
-    DatabaseUser,
-    ServiceConnection,
-)
+from contracts.digitalocean import DatabaseCluster
 from contracts.errors import FieldError
 from contracts.events import (
     ApiErrorDetail,
@@ -26,10 +20,15 @@ from contracts.events import (
     StatusChanged,
     StatusChangedData,
 )
+from contracts.sealed import seal_secrets, without_secrets
 from service.digitalocean import ApiError
 from service.provisioning.messages import WatchState
 
-__all__ = ["EventFactory", "api_error_detail", "strip_uri_password"]
+__all__ = ["EventFactory", "SecretsPolicy", "api_error_detail"]
+
+SecretsPolicy = Literal["include", "omit", "sealed"]
+"""``PROVISIONER_EVENT_SECRETS``: how ``connection_ready`` carries credentials when the
+command gave no ``recipient_public_key`` (``sealed`` refuses such commands)."""
 
 
 def api_error_detail(exc: ApiError) -> ApiErrorDetail:
@@ -39,37 +38,10 @@ def api_error_detail(exc: ApiError) -> ApiErrorDetail:
     )
 
 
-def strip_uri_password(uri: str | None) -> str | None:
-    """``scheme://user:secret@host`` -> ``scheme://user@host``; other URIs unchanged."""
-    if not uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-_Conn = TypeVar("_Conn", DatabaseConnection, ServiceConnection)
-
-
-def _omit_connection(conn: _Conn | None) -> _Conn | None:
-    if conn is None:
-        return None
-    return msgspec.structs.replace(conn, password=None, uri=strip_uri_password(conn.uri))
-
-
-def _omit_user(user: DatabaseUser) -> DatabaseUser:
-    return msgspec.structs.replace(user, password=None, access_key=None)
-
-
 class EventFactory:
     """One place that knows how each event of a request is shaped."""
 
-    def __init__(self, source: str, secrets: Literal["include", "omit"] = "include") -> None:
+    def __init__(self, source: str, secrets: SecretsPolicy = "include") -> None:
         self.source = source
         self.secrets = secrets
 
@@ -82,6 +54,7 @@ class EventFactory:
             engine=watch.engine,
             status=status,
             previous_status=previous,
+            producer=watch.producer,
             metadata=watch.metadata,
         )
         return StatusChanged.of(data, source=self.source)
@@ -89,7 +62,8 @@ class EventFactory:
     def connection_ready(
         self, watch: WatchState, cluster: DatabaseCluster, ca_certificate: str | None
     ) -> ConnectionReady:
-        """The finished cluster's connection details (secrets per the policy)."""
+        """The finished cluster's connection details: secrets sealed to the command's
+        ``recipient_public_key`` when it gave one, else per the deployment's policy."""
         wanted = {u.name for u in watch.users}
         users = [u for u in cluster.users or [] if u.name in wanted or u.role == "primary"]
         data = ConnectionReadyData(
@@ -107,20 +81,16 @@ class EventFactory:
             users=users,
             db_names=list(cluster.db_names or []),
             ca_certificate=ca_certificate,
+            producer=watch.producer,
             metadata=watch.metadata,
         )
-        if self.secrets == "omit":
-            data = msgspec.structs.replace(
-                data,
-                connection=_omit_connection(data.connection),
-                private_connection=_omit_connection(data.private_connection),
-                standby_connection=_omit_connection(data.standby_connection),
-                standby_private_connection=_omit_connection(data.standby_private_connection),
-                ui_connection=_omit_connection(data.ui_connection),
-                schema_registry_connection=_omit_connection(data.schema_registry_connection),
-                users=[_omit_user(u) for u in data.users],
-                secrets="omitted",
-            )
+        if watch.recipient_public_key is not None:
+            data, taken = without_secrets(data)
+            sealed = seal_secrets(taken, watch.recipient_public_key)
+            data = msgspec.structs.replace(data, secrets="sealed", sealed_secrets=sealed)
+        elif self.secrets != "include":
+            # "sealed" without a key: a watch accepted before the setting changed; never plain.
+            data, _ = without_secrets(data)
         return ConnectionReady.of(data, source=self.source)
 
     def rejected(
@@ -129,9 +99,12 @@ class EventFactory:
         errors: list[FieldError],
         request_id: str | None,
         metadata: dict[str, str] | None = None,
+        producer: str | None = None,
     ) -> Rejected:
         """The command in ``body`` was refused for ``errors``."""
-        data = RejectedData(errors=errors, request_id=request_id, metadata=metadata)
+        data = RejectedData(
+            errors=errors, request_id=request_id, producer=producer, metadata=metadata
+        )
         return Rejected.of(data, body, source=self.source)
 
     def failed(
@@ -145,6 +118,7 @@ class EventFactory:
         attempts: int | None = None,
         api_error: ApiErrorDetail | None = None,
         metadata: dict[str, str] | None = None,
+        producer: str | None = None,
     ) -> Failed:
         """The request cannot be completed."""
         data = FailedData(
@@ -155,6 +129,7 @@ class EventFactory:
             step=step,
             attempts=attempts,
             api_error=api_error,
+            producer=producer,
             metadata=metadata,
         )
         return Failed.of(data, source=self.source)

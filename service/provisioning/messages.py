@@ -18,6 +18,7 @@ __all__ = [
     "ATTEMPT_HEADER",
     "FIRST_ATTEMPT_HEADER",
     "OVERSIZED_CONTENT_TYPE",
+    "PRODUCER_HEADER",
     "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
     "OversizedRecord",
@@ -37,6 +38,10 @@ REJECTION_HEADER: Final = "x-rejection-reason"
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
 OVERSIZED_CONTENT_TYPE: Final = "application/vnd.provisioner.oversized+json"
+# On a command the service sends on (a retry, a parked copy): the producer it came from. The
+# copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
+# request it is; it is believed only on messages whose user_id is the service's.
+PRODUCER_HEADER: Final = "x-provisioner-producer"
 
 
 def encode_stamp(seconds: float) -> str:
@@ -74,6 +79,8 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     reply_to: str | None = None
     correlation_id: str | None = None
     finish_attempts: int = 0
+    producer: str | None = None  # the RabbitMQ user whose request this is
+    recipient_public_key: str | None = None  # seal connection_ready's secrets to this key
 
 
 _encoder = msgspec.json.Encoder()
@@ -92,11 +99,13 @@ def decode_watch(body: bytes) -> WatchState:
 
 class OversizedRecord(Struct, kw_only=True):
     """What the parking queue holds of a command over the size limit, in place of the
-    command: why, how big, its ``request_id`` when the first bytes tell it, its content type,
-    and its first bytes (as text) for a person to recognise it."""
+    command: why, how big, whose (the producer's RabbitMQ user), its ``request_id`` when the
+    first bytes tell it, its content type, and its first bytes (as text) for a person to
+    recognise it."""
 
     reason: str
     size: int
+    producer: str | None
     request_id: str | None
     content_type: str | None
     head: str

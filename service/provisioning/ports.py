@@ -51,6 +51,7 @@ class Delivery(Struct, kw_only=True):
     reply_to: str | None = None
     correlation_id: str | None = None
     message_id: str | None = None
+    user_id: str | None = None  # the publisher's RabbitMQ user, checked by the broker
     redelivered: bool = False
     # What the frame layer could not hand on: properties it could not read (the command is
     # refused for them), and the size of a body larger than it reads whole (``body`` is then
@@ -75,15 +76,18 @@ class EventBus(Protocol):
 class WorkQueues(Protocol):
     """The broker-held state of the work: retries, watches and parked commands."""
 
-    async def retry_command(self, delivery: Delivery, attempt: int) -> None:
-        """Send the command back through the delay for retry number ``attempt``."""
+    async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
+        """Send ``producer``'s command back through the delay for retry number ``attempt``."""
         ...
 
     async def schedule_watch(self, watch: WatchState) -> None:
         """Look at this cluster again after one poll interval."""
         ...
 
-    async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
-        """Move a bad command to the parking queue with its reasons in the headers; raises
-        ``ParkingFull`` when the queue is at its bound."""
+    async def park(
+        self, delivery: Delivery, errors: list[FieldError], producer: str | None
+    ) -> None:
+        """Move a bad command to the parking queue with its reasons in the headers (and the
+        producer that sent it, when known); raises ``ParkingFull`` when the queue is at its
+        bound."""
         ...

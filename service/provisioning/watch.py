@@ -97,6 +97,7 @@ class ClusterScanner(Protocol):
         *,
         tag_prefix: str | None = None,
         full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
     ) -> ClusterScan: ...
 
 
@@ -149,6 +150,7 @@ class ClusterSnapshot:
         self._api = api
         self._tag = tag
         self._request_tags = f"{tag}:req:"  # commands.request_tag's shape
+        self._owner_tags = f"{tag}:owner:"  # commands.owner_tag's shape
         self._max_age_s = max_age_s
         self._burst = burst
         self._tokens = burst  # lists that may start now, as of ``_tokens_at``
@@ -190,6 +192,15 @@ class ClusterSnapshot:
         if cluster is None:
             cluster = await self._api.get_cluster(cluster_id)
         return cluster if request_tag in (cluster.tags or ()) else None
+
+    async def creating_with(self, tag: str, unlisted: Iterable[str] = ()) -> int:
+        """How many clusters carrying ``tag`` (an owner tag) were ``creating`` in a list
+        younger than ``max_age_s``, plus those of ``unlisted`` (ids of clusters known to carry
+        it, created lately) that the list does not show yet."""
+        listing = await self._recent()
+        return listing.creating.get(tag, 0) + sum(
+            1 for cluster_id in unlisted if cluster_id not in listing.statuses
+        )
 
     async def fresh(
         self, watches: int = 1, *, due: float | None = None
@@ -370,7 +381,10 @@ class ClusterSnapshot:
         self.calls += 1
         if isinstance(self._api, ClusterScanner):
             listing = await self._api.scan_clusters(
-                self._tag, tag_prefix=self._request_tags, full=self._wanted
+                self._tag,
+                tag_prefix=self._request_tags,
+                full=self._wanted,
+                count_prefix=self._owner_tags,
             )
         else:
             listing = self._index(await self._api.list_clusters(tag_name=self._tag))
@@ -385,10 +399,17 @@ class ClusterSnapshot:
 
     def _index(self, clusters: Sequence[DatabaseCluster]) -> ClusterScan:
         prefix = self._request_tags
+        creating: dict[str, int] = {}
+        for c in clusters:
+            if c.status == "creating":
+                for t in c.tags or ():
+                    if t.startswith(self._owner_tags):
+                        creating[t] = creating.get(t, 0) + 1
         return ClusterScan(
             statuses={c.id: c.status for c in clusters},
             tagged={hash(t): c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
             full={c.id: c for c in clusters},
+            creating=creating,
         )
 
 
@@ -690,6 +711,7 @@ class WatchHandler:
                 step=step,
                 api_error=api_error,
                 metadata=watch.metadata,
+                producer=watch.producer,
             ),
         )
         return WatchOutcome("failed")

@@ -63,11 +63,14 @@ class PlannedRequest(Struct, frozen=True, kw_only=True):
         """sha256 of the body: how a parked message is matched to its request."""
         return hashlib.sha256(self.body).hexdigest()
 
-    def rejected_ids(self) -> set[str]:
-        """The id the ``rejected`` event of this body may carry (with or without a
-        readable request id)."""
+    def rejected_ids(self, producer: str) -> set[str]:
+        """The id the ``rejected`` event of this body, sent by ``producer``, may carry (with
+        or without a readable request id)."""
         transition = f"rejected:{self.digest}"
-        return {event_id(self.request_id or "", transition), event_id("", transition)}
+        return {
+            event_id(self.request_id or "", transition, producer),
+            event_id("", transition, producer),
+        }
 
 
 def _good(index: int, rng: random.Random, run_tag: str) -> dict[str, Any]:

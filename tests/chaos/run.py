@@ -70,7 +70,9 @@ RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0)
 # DigitalOcean's budget (250 a minute, 5,000 an hour) with time compressed twelvefold.
 RATE_WINDOW_S: Final = 5.0
 HOUR_WINDOW_S: Final = 60.0
-REPLY_QUEUES: Final = ("chaos.reply.a", "chaos.reply.b", "chaos.reply.c")
+# The producer's RabbitMQ user, and reply queues its policy allows (`<producer>.*`).
+PRODUCER: Final = "guest"
+REPLY_QUEUES: Final = ("guest.chaos-reply.a", "guest.chaos-reply.b", "guest.chaos-reply.c")
 RESTART_AFTER_S: Final = 1.0
 START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
@@ -183,7 +185,7 @@ class EventLog:
         for p in plan:
             if p.good and p.request_id not in self.final_ids:
                 return False
-            if not p.good and not p.rejected_ids() & self.rejected_ids:
+            if not p.good and not p.rejected_ids(PRODUCER) & self.rejected_ids:
                 return False
         return True
 
@@ -377,6 +379,7 @@ class ChaosRun:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             reply_to=request.reply_to,
             correlation_id=request.correlation_id,
+            user_id=PRODUCER,
         )
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
@@ -571,6 +574,7 @@ class ChaosRun:
             depths=depths,
             service_queues=self._service_queues(),
             managed_tag=MANAGED_TAG,
+            producer=PRODUCER,
             counts=self.counts,
             faults=dict(stats.faults),
             rate_limited=stats.rate_limited,

@@ -89,6 +89,7 @@ class Evidence(Struct, kw_only=True):
     service_queues: list[str]
     """The queues that must be empty: requests, watch, delay, retry and dead-letter."""
     managed_tag: str
+    producer: str
     counts: ChaosCounts
     faults: dict[str, int]
     rate_limited: int
@@ -147,7 +148,9 @@ def judge(evidence: Evidence) -> Verdict:
         by_request[line.get("request_id")].append(line)
 
     # --- clusters: one per good request, none for bad input or strangers -------------------
-    tag_to_request = {request_tag(evidence.managed_tag, rid): rid for rid in good_ids}
+    tag_to_request = {
+        request_tag(evidence.managed_tag, evidence.producer, rid): rid for rid in good_ids
+    }
     clusters_of: dict[str, list[ClusterSeen]] = defaultdict(list)
     strangers: list[ClusterSeen] = []
     for cluster in evidence.clusters:
@@ -217,11 +220,11 @@ def judge(evidence: Evidence) -> Verdict:
 
     # --- bad input: rejected and parked, never created -------------------------------------
     event_ids = {line["id"] for line in unique.values() if line.get("type") == REJECTED}
-    rejected = [p for p in bad if p.rejected_ids() & event_ids]
+    rejected = [p for p in bad if p.rejected_ids(evidence.producer) & event_ids]
     parked_counts = Counter(evidence.parked_digests)
     parked = [p for p in bad if parked_counts[p.digest] > 0]
     if len(rejected) != len(bad):
-        missing = [p.kind for p in bad if not p.rejected_ids() & event_ids]
+        missing = [p.kind for p in bad if not p.rejected_ids(evidence.producer) & event_ids]
         failures.append(f"{len(bad) - len(rejected)} bad requests not rejected ({missing})")
     if len(parked) != len(bad):
         missing = [p.kind for p in bad if parked_counts[p.digest] == 0]
@@ -258,7 +261,7 @@ def judge(evidence: Evidence) -> Verdict:
                 if p.reply_to == reply.queue
                 and (
                     (p.request_id is not None and p.request_id == reply.request_id)
-                    or reply.event_id in p.rejected_ids()
+                    or reply.event_id in p.rejected_ids(evidence.producer)
                 )
             ),
             None,

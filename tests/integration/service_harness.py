@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import msgspec
@@ -18,6 +18,7 @@ from contracts.events import ConnectionReady, Event, Failed, Rejected
 from service.app import Service
 from service.config import Settings
 from service.simulator import Simulator
+from tests.fixtures.broker import user_of
 
 ENGINE_SAMPLES: dict[str, dict[str, Any]] = {
     "pg": {
@@ -83,6 +84,10 @@ ENGINE_SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+AS_CONNECTED: Final = "\x00as-connected"
+"""``publish``'s default ``user_id``: the user of the connection it publishes on."""
+
+
 def command(request_id: str, engine: str = "pg", **extra: Any) -> dict[str, Any]:
     """A valid command for ``engine``; ``extra`` goes into the top level."""
     cluster = {"name": f"c-{request_id}", "engine": engine, "region": "nyc3"}
@@ -131,9 +136,13 @@ async def publish(
     content_type: str = "application/json",
     exchange: str = "provisioner.commands",
     routing_key: str = "database.cluster.create",
+    user_id: str | None = AS_CONNECTED,
 ) -> None:
-    """Publish a command as a producer would, confirmed by the broker."""
+    """Publish a command as a producer would, confirmed by the broker: with the AMQP
+    ``user_id`` of the connection's user unless told otherwise (None: without one)."""
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if user_id is AS_CONNECTED:
+        user_id = user_of(connection)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         target = await channel.get_exchange(exchange)
@@ -144,6 +153,7 @@ async def publish(
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 reply_to=reply_to,
                 correlation_id=correlation_id,
+                user_id=user_id,
             ),
             routing_key,
             mandatory=True,

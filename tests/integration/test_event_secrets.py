@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -103,7 +104,7 @@ async def provision_every_engine(
     connection_ready events and the raw bytes of every event and reply copy."""
     ids = [f"secrets-{engine}" for engine in ENGINES]
     channel = await amqp.channel()
-    replies = await channel.declare_queue(exclusive=True)
+    replies = await channel.declare_queue(f"guest.replies.{uuid.uuid4().hex}", exclusive=True)
     copies: list[bytes] = []
 
     async def on_reply(message: AbstractIncomingMessage) -> None:

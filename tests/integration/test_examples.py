@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from contracts.events import ConnectionReady
+from service.digitalocean import DigitalOceanClient
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
 from tests.fixtures.simulator import SimulatorFactory
@@ -50,13 +51,20 @@ class Finished(msgspec.Struct, frozen=True):
 
 
 async def run_example(
-    argv: list[str], amqp_url: str, *, stdin: bytes | None = None, show_secrets: bool = False
+    argv: list[str],
+    amqp_url: str,
+    *,
+    stdin: bytes | None = None,
+    show_secrets: bool = False,
+    sealed: bool = False,
 ) -> Finished:
     """Run an example to its end without blocking the loop the service runs on."""
-    env = {k: v for k, v in os.environ.items() if k != "SHOW_SECRETS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("SHOW_SECRETS", "SEALED")}
     env |= {"AMQP_URL": amqp_url, "TIMEOUT_S": "20", "PYTHONPATH": str(REPO)}
     if show_secrets:
         env["SHOW_SECRETS"] = "1"
+    if sealed:
+        env["SEALED"] = "1"
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=REPO,
@@ -185,3 +193,54 @@ async def test_python_example_prints_its_requests_events_until_connection_ready_
     assert finished.returncode == 0, finished.stderr
     request_id = finished.printed()[0]["data"]["request_id"]
     await assert_ready_without_secrets(finished, events, request_id)
+
+
+async def assert_opened_what_only_it_could_read(
+    finished: Finished, events: EventRecorder, sim: Simulator
+) -> None:
+    """The example printed the credentials DigitalOcean handed out, which no event on the
+    exchange carried in the clear."""
+    assert finished.returncode == 0, finished.stderr
+    printed = finished.printed()[-1]
+    request_id = printed["data"]["request_id"]
+    seen = await events.wait_for(all_final([request_id]), timeout=10)
+    broadcast = final(seen, request_id)
+    assert isinstance(broadcast, ConnectionReady)
+    assert broadcast.data.secrets == "sealed" and broadcast.data.sealed_secrets
+    async with DigitalOceanClient(sim.base_url, sim.config.token) as client:
+        cluster = await client.get_cluster(broadcast.data.cluster_id)
+    assert cluster.connection is not None and cluster.connection.password
+    handed_out = {cluster.connection.password} | {u.password for u in cluster.users or []}
+    handed_out.discard(None)
+    assert printed["data"].get("secrets", "included") == "included"  # the default is left out
+    assert printed["data"]["connection"]["password"] == cluster.connection.password
+    assert {u["name"]: u.get("password") for u in printed["data"]["users"]} == {
+        u.name: u.password for u in cluster.users or []
+    }
+    for message in events.messages:
+        for password in handed_out:
+            assert password is not None and password.encode() not in message.body
+
+
+@needs_node
+async def test_node_example_opens_sealed_credentials_no_other_subscriber_can_read(
+    amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
+) -> None:
+    body = json.dumps(command("node-sealed", "pg", cluster=SMALL_PG)).encode()
+    sim = await fast_simulator(simulator_factory)
+    async with running_service(settings_for(amqp_url, sim)):
+        finished = await run_example(
+            node("-"), amqp_url, stdin=body, show_secrets=True, sealed=True
+        )
+    await assert_opened_what_only_it_could_read(finished, events, sim)
+
+
+async def test_python_example_opens_sealed_credentials_no_other_subscriber_can_read(
+    amqp_url: str, events: EventRecorder, simulator_factory: SimulatorFactory
+) -> None:
+    sim = await fast_simulator(simulator_factory)
+    async with running_service(settings_for(amqp_url, sim)):
+        finished = await run_example(
+            [sys.executable, str(PYTHON_EXAMPLE)], amqp_url, show_secrets=True, sealed=True
+        )
+    await assert_opened_what_only_it_could_read(finished, events, sim)

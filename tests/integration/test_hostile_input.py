@@ -40,7 +40,7 @@ from service.broker.topology import message_count
 from service.observability import configure_logging
 from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
 from service.simulator import SimulatorConfig
-from tests.fixtures.broker import EventRecorder
+from tests.fixtures.broker import EventRecorder, user_of
 from tests.fixtures.simulator import SimulatorFactory
 from tests.hostile.corpus import (
     Hostile,
@@ -220,6 +220,7 @@ async def publish_batch(
                             content_type=case.content_type,
                             correlation_id=f"{batch}-{start + offset}",
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            user_id=user_of(connection),
                         ),
                         "database.cluster.create",
                         mandatory=True,
@@ -524,7 +525,8 @@ async def test_reply_to_naming_a_service_queue_never_feeds_that_queue(
     events: EventRecorder,
     simulator_factory: SimulatorFactory,
 ) -> None:
-    """A reply_to naming the watch or the requests queue gets no copy: nothing reaches the
+    """A reply_to naming the watch or the requests queue gets no copy: a valid command is
+    rejected for it (its producer's policy allows no such queue), nothing reaches the
     dead-letter queue and the service never reads its own event as a command."""
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.2))
     async with running_service(settings_for(amqp_url, sim)):
@@ -533,8 +535,12 @@ async def test_reply_to_naming_a_service_queue_never_feeds_that_queue(
         await publish(amqp, command("reply-to-watch", "valkey"), reply_to="provisioner.watch")
         await events.wait_for(all_final(["reply-to-watch"]), timeout=30)
         await events.wait_for(
-            lambda evs: sum(isinstance(e, Rejected) for e in evs) >= 2, timeout=10
+            lambda evs: sum(isinstance(e, Rejected) for e in evs) >= 3, timeout=10
         )
         dead = await message_count(amqp, "provisioner.dead-letter")
-    assert sum(isinstance(e, Rejected) for e in events.events) == 2
+    assert sum(isinstance(e, Rejected) for e in events.events) == 3
+    refused = final(events.events, "reply-to-watch")
+    assert isinstance(refused, Rejected)
+    assert [e.path for e in refused.data.errors] == ["properties.reply_to"]
     assert dead == 0
+    assert sim.stats().count("POST /v2/databases") == 0

@@ -10,18 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import secrets
-import shlex
-import shutil
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
-from urllib.parse import quote
 
 import aio_pika
 import pytest
@@ -30,133 +20,36 @@ from aiormq.exceptions import ChannelAccessRefused
 
 from contracts.events import (
     ConnectionReady,
-    Event,
     Rejected,
     StatusChanged,
     StatusChangedData,
-    decode_event,
     encode_event,
 )
-from service.broker.topology import Topology, declare, message_count
+from service.broker.topology import message_count
 from service.simulator import SimulatorConfig
-from tests.fixtures.broker import BROKER_HOST, BROKER_PORT
+from tests.fixtures.permissions import (
+    DOC_VHOST,
+    ROUTING_KEY,
+    Inbox,
+    Layout,
+    connected,
+    documented_commands,
+    final_types,
+    message,
+)
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command, running_service, settings_for
 
 pytestmark = pytest.mark.integration
 
-SECURITY_DOC: Final = Path(__file__).resolve().parents[2] / "docs" / "security.md"
-DOC_VHOST: Final = "databases"
-USERS: Final = ("provisioner", "orders-producer", "orders-events", "audit-events")
+USERS: Final = (
+    "provisioner",
+    "orders-producer",
+    "billing-producer",
+    "orders-events",
+    "audit-events",
+)
 OPERATOR: Final = "provisioner-operator"
-ROUTING_KEY: Final = "database.cluster.create"
-
-
-def rabbitmqctl(*args: str, stdin: str | None = None) -> None:
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.fail("rabbitmqctl not found: `make test` installs and starts RabbitMQ")
-    subprocess.run(
-        [ctl, "-q", *args], input=stdin, check=True, capture_output=True, text=True, timeout=60
-    )
-
-
-def documented_commands() -> list[list[str]]:
-    """The ``rabbitmqctl`` lines of the security doc's shell block, split like a shell would."""
-    text = SECURITY_DOC.read_text()
-    block = re.search(r"```sh\n(.*?)```", text, re.DOTALL)
-    assert block is not None, "docs/security.md has no sh block"
-    return [
-        shlex.split(line) for line in block.group(1).splitlines() if line.startswith("rabbitmqctl ")
-    ]
-
-
-@dataclass(frozen=True)
-class BrokerUser:
-    """A user of this test's virtual host."""
-
-    name: str
-    password: str
-    vhost: str
-
-    @property
-    def url(self) -> str:
-        return (
-            f"amqp://{quote(self.name, safe='')}:{quote(self.password, safe='')}"
-            f"@{BROKER_HOST}:{BROKER_PORT}/{quote(self.vhost, safe='')}"
-        )
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The documented users in a virtual host of this module's own, with the service's
-    topology declared by an administrator."""
-
-    vhost: str
-    users: dict[str, BrokerUser]
-
-    def __getitem__(self, name: str) -> BrokerUser:
-        return self.users[name]
-
-    @property
-    def admin_url(self) -> str:
-        """guest, with every permission on the virtual host."""
-        return f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{quote(self.vhost, safe='')}"
-
-
-async def _declare_topology(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        await declare(await connection.channel(), Topology())
-    finally:
-        await connection.close()
-
-
-@pytest.fixture(scope="module")
-def layout() -> Iterator[Layout]:
-    """The documented users, with unique names, in a fresh virtual host; all deleted after.
-
-    Module-scoped: every ``rabbitmqctl`` call starts an Erlang VM (about a second), and the
-    tests below only read the layout (each uses queue names of its own)."""
-    suffix = uuid.uuid4().hex[:8]
-    vhost = f"provisioner-permissions-{suffix}"
-    commands = documented_commands()
-    names = [args[2] for args in commands if args[1] == "add_user"]
-    users = {
-        name: BrokerUser(f"{name}-{suffix}", secrets.token_urlsafe(18), vhost) for name in names
-    }
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        for args in commands:
-            if args[1] == "add_user":
-                user = users[args[2]]
-                rabbitmqctl("add_user", user.name, stdin=f"{user.password}\n")
-            elif args[1] in ("set_permissions", "set_topic_permissions"):
-                rewritten = [
-                    vhost if arg == DOC_VHOST else users[arg].name if arg in users else arg
-                    for arg in args[1:]
-                ]
-                rabbitmqctl(*rewritten)
-        built = Layout(vhost, users)
-        asyncio.run(_declare_topology(built.admin_url))
-        yield built
-    finally:
-        for user in users.values():
-            subprocess.run(
-                ["rabbitmqctl", "-q", "delete_user", user.name], capture_output=True, timeout=60
-            )
-        rabbitmqctl("delete_vhost", vhost)
-
-
-@asynccontextmanager
-async def connected(user: BrokerUser) -> AsyncIterator[AbstractConnection]:
-    """A plain (not robust) connection: a channel the broker closes stays closed."""
-    connection = await aio_pika.connect(user.url, timeout=10)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def refused(
@@ -166,10 +59,6 @@ async def refused(
     channel = await connection.channel(publisher_confirms=True)
     with pytest.raises(ChannelAccessRefused):
         await asyncio.wait_for(action(channel), timeout=10)
-
-
-def message(body: bytes = b"{}", **properties: Any) -> aio_pika.Message:
-    return aio_pika.Message(body, content_type="application/json", **properties)
 
 
 async def publish_to(channel: AbstractChannel, exchange: str, routing_key: str) -> None:
@@ -196,36 +85,6 @@ async def get_one(channel: AbstractChannel, queue: str) -> None:
 async def bind(channel: AbstractChannel, queue: str, exchange: str, routing_key: str) -> None:
     declared = await channel.declare_queue(queue, exclusive=True)
     await declared.bind(exchange, routing_key)
-
-
-class Inbox:
-    """Events as one consumer receives them (``acks``: False for a no-ack consumer)."""
-
-    def __init__(self, *, acks: bool = True) -> None:
-        self.events: list[Event] = []
-        self.changed = asyncio.Event()
-        self._acks = acks
-
-    async def on_message(self, incoming: AbstractIncomingMessage) -> None:
-        self.events.append(decode_event(incoming.body))
-        if self._acks:
-            await incoming.ack()
-        self.changed.set()
-
-    async def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float) -> None:
-        async def until() -> None:
-            while not predicate(self.events):
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(until(), timeout)
-        except TimeoutError:
-            pytest.fail(f"never happened within {timeout}s: {[e.routing_key for e in self.events]}")
-
-
-def final_types(events: list[Event], request_id: str) -> list[str]:
-    return [e.routing_key for e in events if getattr(e.data, "request_id", None) == request_id]
 
 
 def test_the_security_doc_sets_up_every_user_it_describes() -> None:
@@ -271,7 +130,11 @@ async def test_the_service_provisions_with_only_its_own_permissions(
         bad = {"request_id": "least-privilege-bad", "cluster": {"engine": "pg"}}
         for body in (good, bad):
             await commands.publish(
-                message(json.dumps(body).encode(), reply_to="amq.rabbitmq.reply-to"),
+                message(
+                    json.dumps(body).encode(),
+                    reply_to="amq.rabbitmq.reply-to",
+                    user_id=layout["orders-producer"].name,
+                ),
                 ROUTING_KEY,
                 timeout=10,
             )

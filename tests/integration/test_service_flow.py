@@ -17,7 +17,7 @@ from contracts.digitalocean import DatabaseClusterCreate
 from contracts.events import ConnectionReady, Failed, Rejected, StatusChanged
 from service.broker.topology import message_count
 from service.digitalocean import DigitalOceanClient
-from service.provisioning.commands import request_tag, spec_tag
+from service.provisioning.commands import owner_tag, request_tag, spec_tag
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
 from tests.integration.service_harness import (
@@ -138,7 +138,7 @@ async def test_redelivered_command_adopts_existing_cluster(
     cmd = command("adopt-1", "pg")
     spec = spec_tag("provisioner", msgspec.convert(cmd["cluster"], DatabaseClusterCreate))
     cluster_id = await _precreate(
-        sim, cmd, ["provisioner", request_tag("provisioner", "adopt-1"), spec]
+        sim, cmd, ["provisioner", request_tag("provisioner", "guest", "adopt-1"), spec]
     )
     async with running_service(settings_for(amqp_url, sim)):
         await publish(amqp, cmd)
@@ -158,7 +158,7 @@ async def test_name_taken_by_another_cluster_fails_instead_of_adopting(
 ) -> None:
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.3))
     cmd = command("taken-1", "pg")
-    await _precreate(sim, cmd, ["provisioner", request_tag("provisioner", "someone-else")])
+    await _precreate(sim, cmd, ["provisioner", request_tag("provisioner", "guest", "someone-else")])
     async with running_service(settings_for(amqp_url, sim)):
         await publish(amqp, cmd)
         seen = await events.wait_for(all_final(["taken-1"]), timeout=30)
@@ -282,7 +282,12 @@ async def test_permanent_client_error_fails_with_digitalocean_error_body(
     simulator_factory: SimulatorFactory,
 ) -> None:
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.3))
-    cmd = command("restore-1", "pg", cluster={"backup_restore": {"database_name": "nowhere"}})
+    # A restore the policy allows (the source is the producer's own cluster) but DigitalOcean
+    # refuses: the source is a PostgreSQL cluster, the new one MySQL.
+    source = command("restore-src", "pg")
+    await _precreate(sim, source, ["provisioner", owner_tag("provisioner", "guest")])
+    restore = {"backup_restore": {"database_name": source["cluster"]["name"]}}
+    cmd = command("restore-1", "mysql", cluster=restore)
     async with running_service(settings_for(amqp_url, sim)):
         await publish(amqp, cmd)
         seen = await events.wait_for(all_final(["restore-1"]), timeout=30)
@@ -292,7 +297,7 @@ async def test_permanent_client_error_fails_with_digitalocean_error_body(
     err = failed.data.api_error
     assert err is not None
     assert (err.status, err.id) == (422, "unprocessable_entity")
-    assert err.message and "nowhere" in err.message
+    assert err.message and source["cluster"]["name"] in err.message
     assert err.request_id
 
 
@@ -321,7 +326,7 @@ async def test_reply_to_gets_the_requests_events_with_its_correlation_id(
 ) -> None:
     sim = await simulator_factory(SimulatorConfig(ready_after_s=0.3))
     channel = await amqp.channel()
-    reply = await channel.declare_queue(exclusive=True)
+    reply = await channel.declare_queue(f"guest.replies.{uuid.uuid4().hex}", exclusive=True)
     correlation_id = str(uuid.uuid4())
     async with running_service(settings_for(amqp_url, sim)):
         await publish(

@@ -93,9 +93,15 @@ class ScanningApi(ListingApi):
         *,
         tag_prefix: str | None = None,
         full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
     ) -> ClusterScan:
         self.scans += 1
         listed = await self.list_clusters(tag_name)
+        creating: dict[str, int] = {}
+        for c in listed:
+            for t in c.tags or ():
+                if c.status == "creating" and count_prefix and t.startswith(count_prefix):
+                    creating[t] = creating.get(t, 0) + 1
         return ClusterScan(
             statuses={c.id: c.status for c in listed},
             tagged={
@@ -105,6 +111,7 @@ class ScanningApi(ListingApi):
                 if tag_prefix and t.startswith(tag_prefix)
             },
             full={c.id: c for c in listed if full is not None and full(c.id, c.status)},
+            creating=creating,
         )
 
 
@@ -315,3 +322,37 @@ async def test_the_waves_remembered_are_those_of_the_last_interval() -> None:
         await asyncio.sleep(0.01)
     assert api.list_calls >= 5
     assert len(snapshot._wave_starts) <= 3  # not one per list ever made
+
+
+def owned(i: int, owner: str, status: str) -> DatabaseCluster:
+    base = cluster(i, status)
+    return DatabaseCluster(
+        id=base.id,
+        name=base.name,
+        engine=base.engine,
+        num_nodes=1,
+        size=base.size,
+        region=base.region,
+        status=status,
+        tags=[*(base.tags or []), f"{TAG}:owner:{owner}"],
+    )
+
+
+@pytest.mark.parametrize("api_type", [ListingApi, ScanningApi], ids=["list", "scan"])
+async def test_creating_with_counts_an_owners_clusters_still_creating(
+    api_type: type[ListingApi],
+) -> None:
+    api = api_type(
+        [
+            owned(1, "a", "creating"),
+            owned(2, "a", "creating"),
+            owned(3, "a", "online"),
+            owned(4, "b", "creating"),
+            cluster(5),
+        ]
+    )
+    snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
+    assert await snapshot.creating_with(f"{TAG}:owner:a") == 2
+    assert await snapshot.creating_with(f"{TAG}:owner:b") == 1
+    assert await snapshot.creating_with(f"{TAG}:owner:c") == 0
+    assert api.list_calls == 1  # one recent list answers every question

@@ -37,7 +37,8 @@ DECODED: Final[dict[str, tuple[str, Any]]] = {
     "PROVISIONER_LOG_LEVEL": ("DEBUG", "DEBUG"),
     "PROVISIONER_MANAGED_TAG": ("team-db:prod", "team-db:prod"),
     "PROVISIONER_EVENT_SOURCE": ("/provisioner/eu", "/provisioner/eu"),
-    "PROVISIONER_EVENT_SECRETS": ("omit", "omit"),
+    "PROVISIONER_EVENT_SECRETS": ("sealed", "sealed"),
+    "PROVISIONER_POLICY_FILE": ("/etc/provisioner/policy.toml", "/etc/provisioner/policy.toml"),
     "PROVISIONER_POLL_MODE": ("per-cluster", "per-cluster"),
     "PROVISIONER_COMMAND_PREFETCH": ("4", 4),
     "PROVISIONER_WATCH_PREFETCH": ("50", 50),
@@ -99,6 +100,7 @@ def test_the_table_covers_every_variable_the_service_reads() -> None:
         "DIGITALOCEAN_API_URL",
         "PROVISIONER_HTTP_HOST",
         "PROVISIONER_EVENT_SOURCE",
+        "PROVISIONER_POLICY_FILE",  # its file is checked by load_policy (tests/unit/test_policy.py)
     } == set(ENVIRONMENT)
 
 

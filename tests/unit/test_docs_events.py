@@ -123,9 +123,13 @@ def test_the_data_table_of_each_event_describes_exactly_its_fields() -> None:
 def test_the_id_recipe_on_the_page_is_the_contracts_one() -> None:
     text = DOC.read_text()
     namespace = re.search(r"fixed namespace\s+`([0-9a-f-]{36})`", text)
-    worked = re.search(r'`event_id\("([^"]+)", "([^"]+)"\)` is\s+`([0-9a-f-]{36})`', text)
+    worked = re.search(
+        r'`event_id\("([^"]+)", "([^"]+)", "([^"]+)"\)` is\s+`([0-9a-f-]{36})`', text
+    )
     assert namespace is not None and worked is not None
-    request_id, transition, expected = worked.groups()
-    assert event_id(request_id, transition) == expected
-    recipe = uuid.uuid5(uuid.UUID(namespace.group(1)), f"{request_id}\x00{transition}")
+    request_id, transition, producer, expected = worked.groups()
+    assert event_id(request_id, transition, producer) == expected
+    recipe = uuid.uuid5(
+        uuid.UUID(namespace.group(1)), f"{producer}\x00{request_id}\x00{transition}"
+    )
     assert str(recipe) == expected

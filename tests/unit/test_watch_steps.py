@@ -38,10 +38,12 @@ class HeldQueues:
         self.waiting -= 1
         self.scheduled.append(watch.cluster_id)
 
-    async def retry_command(self, delivery: Delivery, attempt: int) -> None:
+    async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
         raise NotImplementedError
 
-    async def park(self, delivery: Delivery, errors: list[FieldError]) -> None:
+    async def park(
+        self, delivery: Delivery, errors: list[FieldError], producer: str | None
+    ) -> None:
         raise NotImplementedError
 
 

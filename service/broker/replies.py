@@ -1,0 +1,203 @@
+"""Copies of a request's events to the queue its producer named in ``reply_to``.
+
+A reply-to name comes from the producer, so publishing to it is publishing where a stranger
+points. Three things follow:
+
+* Copies go out on a connection of their own. RabbitMQ 3.10 closes the whole connection
+  (``INTERNAL_ERROR``) when a message is published to a Direct Reply-to name
+  (``amq.rabbitmq.reply-to.<pid>.<key>``) whose pid names a node it does not know, and a
+  producer can put any such name in ``reply_to``: on the service's main connection that would
+  take a replica off the broker, its consumers and its in-flight work with it.
+* A Direct Reply-to name is checked before use: it must decode as the broker writes it
+  (base64 of an Erlang pid). The first copy to each broker node it names goes out on a
+  disposable probe connection; a node that answers is trusted from then on (a cluster has a
+  few), one that kills the probe is refused for a while. So a forged name costs a probe
+  connection, never the copies of other producers.
+* Copies are best effort: the events exchange is where a request's events are certain to be;
+  a copy that cannot be delivered is logged and counted, and never fails the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from typing import Final, Literal
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+__all__ = ["DIRECT_REPLY_PREFIX", "ReplyCopies", "ReplyOutcome", "direct_reply_node"]
+
+log = structlog.get_logger(__name__)
+
+DIRECT_REPLY_PREFIX: Final = "amq.rabbitmq.reply-to."
+# A node that killed a probe is refused this long; then it may be probed again.
+REFUSED_FOR_S: Final = 600.0
+# Bounds of what is remembered: a cluster has a handful of nodes; forged names are endless.
+KNOWN_NODES: Final = 64
+REFUSED_NODES: Final = 1024
+
+ReplyOutcome = Literal["sent", "refused", "failed"]
+
+# Erlang's external term format: a pid is tagged 'g' (PID_EXT) or 'X' (NEW_PID_EXT) and starts
+# with its node's name as an atom.
+_VERSION: Final = 131
+_PID_TAGS: Final = frozenset({ord("g"), ord("X")})
+_ATOM_TAGS: Final = {100: 2, 118: 2, 115: 1, 119: 1}  # ATOM_EXT, ATOM_UTF8_EXT, SMALL_...: width
+
+
+def direct_reply_node(reply_to: str) -> str | None:
+    """The broker node a Direct Reply-to name points at (``reply@<hash>`` as RabbitMQ 3.10
+    writes it, or a node name), or None when ``reply_to`` is not one the broker could have
+    written."""
+    if not reply_to.startswith(DIRECT_REPLY_PREFIX):
+        return None
+    encoded, dot, key = reply_to[len(DIRECT_REPLY_PREFIX) :].partition(".")
+    if not dot or not key or not encoded:
+        return None
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) < 4 or raw[0] != _VERSION or raw[1] not in _PID_TAGS:
+        return None
+    width = _ATOM_TAGS.get(raw[2])
+    if width is None or len(raw) < 3 + width:
+        return None
+    length = int.from_bytes(raw[3 : 3 + width], "big")
+    name = raw[3 + width : 3 + width + length]
+    if len(name) != length or b"@" not in name:
+        return None
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class ReplyCopies:
+    """Sends reply copies on connections of their own (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        refuse: Collection[str] = (),
+        refuse_prefixes: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[ReplyOutcome], None] | None = None,
+    ) -> None:
+        self._url = url
+        self._timeout_s = timeout_s
+        self._refuse = frozenset(refuse)
+        self._refuse_prefixes = refuse_prefixes
+        self._clock = clock
+        self._observer = observer
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None  # strong reference: a robust channel
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._refused: OrderedDict[str, float] = OrderedDict()
+        self._probing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Open the connection the copies go out on."""
+        self._connection = await aio_pika.connect_robust(self._url, timeout=10)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+
+    async def close(self) -> None:
+        """Close it."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def send(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
+        """Copy ``message`` to ``reply_to``; never raises."""
+        outcome = await self._send(message, reply_to)
+        if self._observer is not None:
+            self._observer(outcome)
+        return outcome
+
+    async def _send(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
+        if reply_to in self._refuse or reply_to.startswith(self._refuse_prefixes):
+            # A producer must not make the service feed its own queues (or put credentials
+            # into them): the broadcast copy is all such a request gets.
+            log.warning("reply_to_refused", reply_to=reply_to[:128], reason="service queue")
+            return "refused"
+        node = None
+        if reply_to.startswith(DIRECT_REPLY_PREFIX):
+            node = direct_reply_node(reply_to)
+            if node is None:
+                log.warning("reply_to_refused", reply_to=reply_to[:128], reason="malformed")
+                return "refused"
+            if self._is_refused(node):
+                log.warning("reply_to_refused", reply_to=reply_to[:128], reason="unknown node")
+                return "refused"
+            if node not in self._known:
+                return await self._probe(message, reply_to, node)
+        try:
+            await self._publish(self._channel, message, reply_to)
+        except Exception as exc:
+            log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+            return "failed"
+        return "sent"
+
+    async def _probe(self, message: aio_pika.Message, reply_to: str, node: str) -> ReplyOutcome:
+        """The first copy to ``node``, on a connection of its own made for it."""
+        async with self._probing:
+            if node in self._known:
+                return await self._send(message, reply_to)
+            if self._is_refused(node):
+                return "refused"
+            try:
+                connection = await aio_pika.connect(self._url, timeout=10)
+            except Exception as exc:
+                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+                return "failed"
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                await self._publish(channel, message, reply_to)
+                # The broker handles the copy before it answers the next frame: a node it
+                # cannot find has closed the connection by then.
+                await asyncio.wait_for(channel.set_qos(prefetch_count=0), self._timeout_s)
+            except Exception as exc:
+                self._refused[node] = self._clock()
+                while len(self._refused) > REFUSED_NODES:
+                    self._refused.popitem(last=False)
+                log.warning(
+                    "reply_to_refused",
+                    reply_to=reply_to[:128],
+                    reason="the broker does not know its node",
+                    error=repr(exc),
+                )
+                return "refused"
+            finally:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            self._known[node] = None
+            while len(self._known) > KNOWN_NODES:
+                self._known.popitem(last=False)
+            return "sent"
+
+    def _is_refused(self, node: str) -> bool:
+        since = self._refused.get(node)
+        if since is None:
+            return False
+        if self._clock() - since >= REFUSED_FOR_S:
+            del self._refused[node]
+            return False
+        return True
+
+    async def _publish(
+        self, channel: AbstractChannel | None, message: aio_pika.Message, reply_to: str
+    ) -> None:
+        if channel is None:
+            raise RuntimeError("reply copies are not started")
+        await channel.default_exchange.publish(
+            message, reply_to, mandatory=False, timeout=self._timeout_s
+        )
