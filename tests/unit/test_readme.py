@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.broker.topology import (
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_MESSAGES,
+    PARKING_MAX_BYTES,
+    PARKING_MAX_MESSAGES,
+)
 from service.cli import COMMANDS
 from service.config import ENVIRONMENT, TOKEN_FILE_VARIABLE, TOKEN_VARIABLES, Settings
 from service.metrics import ProvisionerMetrics
@@ -36,3 +42,11 @@ def test_readme_lists_every_metric() -> None:
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     missing = [name for name in names if f"`{name}" not in README]
     assert not missing, f"metrics missing from the README: {missing}"
+
+
+def test_readme_states_the_bounds_of_the_parking_and_dead_letter_queues() -> None:
+    for messages, size in (
+        (PARKING_MAX_MESSAGES, PARKING_MAX_BYTES),
+        (DEAD_LETTER_MAX_MESSAGES, DEAD_LETTER_MAX_BYTES),
+    ):
+        assert f"at most {messages:,} messages or {size // 2**20} MiB" in README
