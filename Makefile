@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
+IMAGE ?= localhost/do-db-provisioner:dev
+IMAGE_ID := build/image-id
 RUNTIME_LOCK := requirements/runtime.txt
 DEV_LOCK := requirements/dev.txt
 BUILD_LOCK := requirements/build.txt
@@ -15,7 +17,7 @@ LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-ver
 	--custom-compile-command 'make lock'
 
 .PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker node chaos bench \
-	bench-quick clean
+	bench-quick image image-test clean
 
 # A new virtualenv each time the locks change, so nothing outside them stays installed.
 # The project itself is built without isolation by the locked setuptools: nothing unlocked
@@ -61,8 +63,17 @@ typecheck: $(INSTALLED)
 demo: $(INSTALLED) broker
 	$(BIN)/provisioner demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) broker lint typecheck
-	$(BIN)/pytest
+test: $(INSTALLED) $(NODE_INSTALLED) broker lint typecheck image
+	PROVISIONER_IMAGE="$$(cat $(IMAGE_ID))" $(BIN)/pytest
+
+# The image, with docker or podman (podman installed with apt where neither is there), on the
+# official Python base or, without a registry, on a Debian base made once with debootstrap.
+image:
+	scripts/build-image.sh $(IMAGE) $(IMAGE_ID)
+
+# The image run against the local RabbitMQ and the simulator (tests/image).
+image-test: $(INSTALLED) broker image
+	PROVISIONER_IMAGE="$$(cat $(IMAGE_ID))" $(BIN)/pytest -m image tests/image
 
 # The whole test suite against the newest release of every Python and Node dependency, in a
 # throwaway copy of the working tree: an upgrade is a decision, not a surprise.
@@ -82,4 +93,4 @@ bench-quick: $(INSTALLED) broker
 	for b in api_economy throughput memory latency watch_cost flood; do $(BIN)/python -m bench.$$b --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis $(IMAGE_ID)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -167,6 +167,9 @@ class AckBatcher:
 _singles: set[asyncio.Task[None]] = set()
 
 
+_CANCEL_TIMEOUT_S: Final = 2.0
+
+
 class _Consumer:
     """Starts, stops and drains one queue's consumer."""
 
@@ -211,8 +214,11 @@ class _Consumer:
         """No new deliveries; what is in flight goes on."""
         if self._queue is not None and self._tag is not None:
             tag, self._tag = self._tag, None
+            # While the broker is away a robust channel holds the cancel until it is back,
+            # which can be never; a lost channel's consumer is gone already, and the robust
+            # queue forgets it before sending, so a reconnect does not bring it back.
             with contextlib.suppress(Exception):
-                await self._queue.cancel(tag)
+                await asyncio.wait_for(self._queue.cancel(tag), _CANCEL_TIMEOUT_S)
 
     async def drain(self, grace_s: float) -> int:
         """Wait up to ``grace_s`` for in-flight work; cancel the rest (their messages go

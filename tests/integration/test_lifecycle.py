@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 
 import aio_pika
@@ -145,6 +147,45 @@ async def test_broker_connections_cut_mid_run_reconnect_and_finish_everything(
     # a connection of its own: the test's may still be reconnecting after the cuts
     async with await aio_pika.connect(amqp_url) as fresh:
         assert await message_count(fresh, "provisioner.dead-letter") == 0
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    assert ctl is not None
+    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+async def test_sigterm_while_the_broker_is_away_exits_zero_within_seconds(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    """A stop during a broker outage (a rollout while RabbitMQ is down) must not wait for the
+    broker: a container engine or Kubernetes would kill the process after its stop timeout."""
+    sim = await simulator_factory()
+    # A virtual host of this test's own, deleted under the running service: its connection
+    # is closed and every reconnect is refused, as in an outage.
+    vhost = f"provisioner-test-outage-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(_rabbitmqctl, "add_vhost", vhost)
+    try:
+        await asyncio.to_thread(
+            _rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"
+        )
+        url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        process = await _start_process(_service_env(url, sim))
+        log: list[bytes] = []
+        try:
+            await asyncio.wait_for(_read_until(process, b"service_started", log), 30)
+            await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
+            await asyncio.wait_for(_read_until(process, b"Reconnecting", log), 30)
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 8)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
+    assert code == 0, b"".join(log[-20:]).decode(errors="replace")
 
 
 async def test_no_token_or_generated_secret_reaches_the_service_logs(
