@@ -67,8 +67,11 @@ class SecretUser(Struct, omit_defaults=True):
 
 
 class SealedSecrets(Struct, omit_defaults=True):
-    """The plaintext of ``sealed_secrets``: what the omit mode removed, at the same paths."""
+    """The plaintext of ``sealed_secrets``: what the omit mode removed, at the same paths, and
+    the request and cluster they belong to (a box moved into another event does not open)."""
 
+    request_id: str = ""
+    cluster_id: str = ""
     connection: SecretConnection | None = None
     private_connection: SecretConnection | None = None
     standby_connection: SecretConnection | None = None
@@ -124,7 +127,7 @@ def without_secrets(data: ConnectionReadyData) -> tuple[ConnectionReadyData, Sea
     """``data`` without passwords, keys and password-bearing URIs (``secrets: omitted``), and
     what was taken out of it."""
     changes: dict[str, object] = {}
-    taken = SealedSecrets()
+    taken = SealedSecrets(request_id=data.request_id, cluster_id=data.cluster_id)
     for name in _CONNECTIONS:
         kept, secret = _split_connection(getattr(data, name))
         changes[name] = kept
@@ -143,7 +146,7 @@ def _key(value: str | bytes, what: str) -> bytes:
     raw = value
     if isinstance(value, str):
         try:
-            raw = base64.b64decode(value, validate=True)
+            raw = base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise SealedSecretsError(f"the {what} is not base64") from None
     if len(raw) != KEY_BYTES:
@@ -218,6 +221,8 @@ def open_sealed_secrets(
         secrets = _decoder.decode(plaintext)
     except msgspec.DecodeError as exc:
         raise SealedSecretsError(f"the sealed plaintext is not SealedSecrets: {exc}") from None
+    if (secrets.request_id, secrets.cluster_id) != (data.request_id, data.cluster_id):
+        raise SealedSecretsError("these sealed_secrets belong to another request or cluster")
     restored: dict[str, object] = {
         name: _restore(getattr(data, name), getattr(secrets, name)) for name in _CONNECTIONS
     }

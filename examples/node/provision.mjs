@@ -47,6 +47,10 @@ function openSealed(data, keyPair) {
   const box = sodium.from_base64(data.sealed_secrets, sodium.base64_variants.ORIGINAL);
   const plain = sodium.crypto_box_seal_open(box, keyPair.publicKey, keyPair.privateKey);
   const secrets = JSON.parse(sodium.to_string(plain));
+  // The box names the event it was made for: one moved into another event is refused.
+  if (secrets.request_id !== data.request_id || secrets.cluster_id !== data.cluster_id) {
+    throw new Error('sealed_secrets belong to another request or cluster');
+  }
   const opened = { ...data, secrets: 'included' };
   delete opened.sealed_secrets;
   for (const name of CONNECTIONS) {
@@ -146,7 +150,11 @@ async function main() {
       if (seen.has(key)) return;
       seen.add(key);
       if (keyPair !== null && event.data?.sealed_secrets) {
-        event = { ...event, data: openSealed(event.data, keyPair) };
+        try {
+          event = { ...event, data: openSealed(event.data, keyPair) };
+        } catch (err) {
+          console.error(`cannot open sealed_secrets of ${event.id}: ${err.message}`);
+        }
       }
       console.log(JSON.stringify(showSecrets ? event : masked(event)));
     };
@@ -166,7 +174,10 @@ async function main() {
       (message) => {
         if (message === null) return; // the broker cancelled the consumer
         const event = parse(message);
-        if (event?.data?.request_id === requestId) show(event);
+        // A request is (producer, request_id): another producer may use the same id.
+        if (event?.data?.request_id === requestId && event?.data?.producer === userId) {
+          show(event);
+        }
       },
       { noAck: true },
     );

@@ -36,6 +36,7 @@ from contracts import (
     DatabaseUserCreate,
     InvalidCommand,
     ProvisionDatabase,
+    SealedSecretsError,
     decode_command,
     encode_command,
     new_keypair,
@@ -100,6 +101,8 @@ async def provision(
 ) -> int:
     """Publish ``command``, print its events, return the exit code its outcome gives."""
     correlation_id = str(uuid.uuid4())
+    # The user this connection logs in as: RabbitMQ refuses any other user_id.
+    user = unquote(urlsplit(url).username or "") or "guest"
     private_key = None
     if sealed:
         private_key, public_key = new_keypair()
@@ -114,14 +117,18 @@ async def provision(
             return
         seen.add(key)
         if isinstance(event, ConnectionReady) and private_key and event.data.sealed_secrets:
-            event.data = open_sealed_secrets(event, private_key)
+            try:
+                event.data = open_sealed_secrets(event, private_key)
+            except SealedSecretsError as exc:
+                print(f"cannot open sealed_secrets of {event.id}: {exc}", file=sys.stderr)
         shown = msgspec.to_builtins(event)
         print(msgspec.json.encode(shown if show_secrets else masked(shown)).decode(), flush=True)
 
     async def on_broadcast(message: AbstractIncomingMessage) -> None:
-        # A plain subscriber: every cluster event of every producer; we pick out our request.
+        # A plain subscriber: every cluster event of every producer; we pick out our request,
+        # which is (producer, request_id): another producer may use the same id.
         event = decode_event(message.body)
-        if event.data.request_id == command.request_id:
+        if event.data.request_id == command.request_id and event.data.producer == user:
             show(event)
 
     async def on_reply(message: AbstractIncomingMessage) -> None:
@@ -162,8 +169,7 @@ async def provision(
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 reply_to=DIRECT_REPLY_TO,
                 correlation_id=correlation_id,
-                # The user this connection logs in as: RabbitMQ refuses any other user_id.
-                user_id=unquote(urlsplit(url).username or "") or "guest",
+                user_id=user,
             ),
             COMMAND_ROUTING_KEY,
             mandatory=True,  # with on_return_raises: an unrouted command is an error

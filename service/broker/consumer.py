@@ -25,7 +25,12 @@ from service.broker.frames import take_note
 from service.broker.topology import DeclaredQueue
 from service.metrics import Consumer, ProvisionerMetrics
 from service.provisioning.commands import CommandHandler, CommandOutcome
-from service.provisioning.messages import WatchState, decode_stamp, decode_watch
+from service.provisioning.messages import (
+    WATCH_VERSION,
+    WatchState,
+    decode_stamp,
+    decode_watch,
+)
 from service.provisioning.ports import Delivery
 from service.provisioning.watch import DUE_HEADER, WatchHandler, WatchOutcome
 
@@ -392,6 +397,12 @@ class WatchConsumer(_Consumer):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("watch_message_unreadable", error=str(exc))
             await self._return(message, "reject")  # to the dead-letter queue, for a person
+            return
+        if watch.v > WATCH_VERSION:
+            # Written by a newer version during a rolling upgrade: it may carry what this
+            # replica would drop (a recipient key); leave it to a replica that knows it.
+            log.warning("watch_from_a_newer_version", v=watch.v)
+            await self._return(message, "requeue")
             return
         self._buffer.append((message, watch))
         if len(self._buffer) >= self._batch_max:

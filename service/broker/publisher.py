@@ -114,7 +114,7 @@ class RabbitPublisher:
         # listens to yet is normal.
         await exchange.publish(message, event.routing_key, mandatory=False, timeout=self._timeout_s)
         if reply_to and self._replies is not None:
-            await self._replies.send(message, reply_to)
+            await self._replies.send(message, reply_to, event.data.producer)
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
 

@@ -8,11 +8,14 @@ points. Three things follow:
   (``amq.rabbitmq.reply-to.<pid>.<key>``) whose pid names a node it does not know, and a
   producer can put any such name in ``reply_to``: on the service's main connection that would
   take a replica off the broker, its consumers and its in-flight work with it.
-* A Direct Reply-to name is checked before use: it must decode as the broker writes it
-  (base64 of an Erlang pid). The first copy to each broker node it names goes out on a
-  disposable probe connection; a node that answers is trusted from then on (a cluster has a
-  few), one that kills the probe is refused for a while. So a forged name costs a probe
-  connection, never the copies of other producers.
+* A Direct Reply-to name is checked before use: it must decode exactly as the broker writes it
+  (base64 of an Erlang pid: its tag, the node's name as a UTF-8 atom, then its numbers, and
+  nothing more: other shapes are what kill the connection). The first copy to each broker node
+  it names goes out on a disposable probe connection; a node that answers is trusted from then
+  on (a cluster has a few), one whose probe the broker closes with ``INTERNAL_ERROR`` is refused
+  for a while. Probes never queue: one at a time, and each producer at most one per
+  ``PROBE_EVERY_S``; a copy that cannot be probed now is dropped. So a forged name costs at most
+  a probe connection now and then, never the copies of other producers.
 * Copies are best effort: the events exchange is where a request's events are certain to be;
   a copy that cannot be delivered is logged and counted, and never fails the request.
 """
@@ -31,6 +34,7 @@ from typing import Final, Literal
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiormq.exceptions import ConnectionInternalError
 
 __all__ = ["DIRECT_REPLY_PREFIX", "ReplyCopies", "ReplyOutcome", "direct_reply_node"]
 
@@ -42,14 +46,18 @@ REFUSED_FOR_S: Final = 600.0
 # Bounds of what is remembered: a cluster has a handful of nodes; forged names are endless.
 KNOWN_NODES: Final = 64
 REFUSED_NODES: Final = 1024
+# How often one producer may have a node probed (its first copies to a new node).
+PROBE_EVERY_S: Final = 10.0
+PROBERS: Final = 4096
 
 ReplyOutcome = Literal["sent", "refused", "failed"]
 
-# Erlang's external term format: a pid is tagged 'g' (PID_EXT) or 'X' (NEW_PID_EXT) and starts
-# with its node's name as an atom.
+# Erlang's external term format: a pid is tagged 'g' (PID_EXT: then 9 bytes of numbers) or 'X'
+# (NEW_PID_EXT: 12 bytes) and starts with its node's name as a UTF-8 atom, 'v' (2-byte length)
+# or 'w' (1-byte length). Other shapes make RabbitMQ 3.10 close the connection.
 _VERSION: Final = 131
-_PID_TAGS: Final = frozenset({ord("g"), ord("X")})
-_ATOM_TAGS: Final = {100: 2, 118: 2, 115: 1, 119: 1}  # ATOM_EXT, ATOM_UTF8_EXT, SMALL_...: width
+_PID_TAIL: Final = {ord("g"): 9, ord("X"): 12}
+_ATOM_WIDTH: Final = {ord("v"): 2, ord("w"): 1}
 
 
 def direct_reply_node(reply_to: str) -> str | None:
@@ -65,14 +73,14 @@ def direct_reply_node(reply_to: str) -> str | None:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) < 4 or raw[0] != _VERSION or raw[1] not in _PID_TAGS:
+    if len(raw) < 4 or raw[0] != _VERSION or raw[1] not in _PID_TAIL:
         return None
-    width = _ATOM_TAGS.get(raw[2])
+    width = _ATOM_WIDTH.get(raw[2])
     if width is None or len(raw) < 3 + width:
         return None
     length = int.from_bytes(raw[3 : 3 + width], "big")
     name = raw[3 + width : 3 + width + length]
-    if len(name) != length or b"@" not in name:
+    if len(raw) != 3 + width + length + _PID_TAIL[raw[1]] or b"@" not in name:
         return None
     try:
         return name.decode("utf-8")
@@ -103,7 +111,9 @@ class ReplyCopies:
         self._channel: AbstractChannel | None = None  # strong reference: a robust channel
         self._known: OrderedDict[str, None] = OrderedDict()
         self._refused: OrderedDict[str, float] = OrderedDict()
+        self._probed_for: OrderedDict[str, float] = OrderedDict()  # producer -> last probe
         self._probing = asyncio.Lock()
+        self.probes = 0  # probe connections opened: a budget a test can read
 
     async def start(self) -> None:
         """Open the connection the copies go out on."""
@@ -116,14 +126,16 @@ class ReplyCopies:
             with contextlib.suppress(Exception):
                 await self._connection.close()
 
-    async def send(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
-        """Copy ``message`` to ``reply_to``; never raises."""
-        outcome = await self._send(message, reply_to)
+    async def send(
+        self, message: aio_pika.Message, reply_to: str, producer: str | None = None
+    ) -> ReplyOutcome:
+        """Copy ``message`` to ``reply_to`` for ``producer``; never raises."""
+        outcome = await self._send(message, reply_to, producer or "")
         if self._observer is not None:
             self._observer(outcome)
         return outcome
 
-    async def _send(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
+    async def _send(self, message: aio_pika.Message, reply_to: str, producer: str) -> ReplyOutcome:
         if reply_to in self._refuse or reply_to.startswith(self._refuse_prefixes):
             # A producer must not make the service feed its own queues (or put credentials
             # into them): the broadcast copy is all such a request gets.
@@ -139,7 +151,7 @@ class ReplyCopies:
                 log.warning("reply_to_refused", reply_to=reply_to[:128], reason="unknown node")
                 return "refused"
             if node not in self._known:
-                return await self._probe(message, reply_to, node)
+                return await self._probe(message, reply_to, node, producer)
         try:
             await self._publish(self._channel, message, reply_to)
         except Exception as exc:
@@ -147,13 +159,23 @@ class ReplyCopies:
             return "failed"
         return "sent"
 
-    async def _probe(self, message: aio_pika.Message, reply_to: str, node: str) -> ReplyOutcome:
-        """The first copy to ``node``, on a connection of its own made for it."""
+    async def _probe(
+        self, message: aio_pika.Message, reply_to: str, node: str, producer: str
+    ) -> ReplyOutcome:
+        """The first copy to ``node``, on a connection of its own made for it; dropped when a
+        probe is under way or ``producer`` had one lately (a flood of forged nodes must not
+        hold the handlers, nor cost a connection each)."""
+        now = self._clock()
+        last = self._probed_for.get(producer)
+        if self._probing.locked() or (last is not None and now - last < PROBE_EVERY_S):
+            log.warning("reply_copy_dropped", reply_to=reply_to[:128], reason="probe budget")
+            return "refused"
+        self._probed_for[producer] = now
+        self._probed_for.move_to_end(producer)
+        while len(self._probed_for) > PROBERS:
+            self._probed_for.popitem(last=False)
         async with self._probing:
-            if node in self._known:
-                return await self._send(message, reply_to)
-            if self._is_refused(node):
-                return "refused"
+            self.probes += 1
             try:
                 connection = await aio_pika.connect(self._url, timeout=10)
             except Exception as exc:
@@ -165,7 +187,7 @@ class ReplyCopies:
                 # The broker handles the copy before it answers the next frame: a node it
                 # cannot find has closed the connection by then.
                 await asyncio.wait_for(channel.set_qos(prefetch_count=0), self._timeout_s)
-            except Exception as exc:
+            except ConnectionInternalError:
                 self._refused[node] = self._clock()
                 while len(self._refused) > REFUSED_NODES:
                     self._refused.popitem(last=False)
@@ -173,9 +195,12 @@ class ReplyCopies:
                     "reply_to_refused",
                     reply_to=reply_to[:128],
                     reason="the broker does not know its node",
-                    error=repr(exc),
                 )
                 return "refused"
+            except Exception as exc:
+                # A slow or restarting broker, an alarm: nothing learnt about the node.
+                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+                return "failed"
             finally:
                 with contextlib.suppress(Exception):
                     await connection.close()

@@ -27,7 +27,7 @@ from msgspec import Struct
 from contracts.commands import COMMAND_CONTENT_TYPE, ProvisionDatabase, decode_command
 from contracts.digitalocean import DatabaseCluster, DatabaseClusterCreate
 from contracts.errors import FieldError, InvalidCommand
-from contracts.events import ApiErrorDetail
+from contracts.events import EVENT_CONTENT_TYPE, ApiErrorDetail
 from contracts.sealed import SealedSecrets, SealedSecretsError, seal_secrets
 from service.digitalocean import (
     AmbiguousCreate,
@@ -80,7 +80,7 @@ class CommandOutcome(Struct, frozen=True):
     """What became of a command, and what to do with its delivery."""
 
     outcome: Outcome
-    disposition: Literal["ack", "requeue"]
+    disposition: Literal["ack", "requeue", "reject"]
 
 
 def request_tag(managed_tag: str, producer: str, request_id: str) -> str:
@@ -200,6 +200,14 @@ class KeyedLock:
         return len(self._locks)
 
 
+class _ListFailed(Exception):
+    """DigitalOcean refused the list of a producer's clusters that its policy needs."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def _header_text(value: object) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
@@ -239,6 +247,7 @@ class CommandHandler:
         self._service_user = service_user
         self._policy = policy if policy is not None else Policy()
         self._busy = KeyedLock()
+        self._one_create = KeyedLock()
         # Clusters this replica created or adopted lately, by request tag: answers the
         # pre-check for a repeated request_id before any list can show the cluster.
         self._recent: OrderedDict[str, DatabaseCluster] = OrderedDict()
@@ -253,6 +262,12 @@ class CommandHandler:
 
     async def handle(self, delivery: Delivery) -> CommandOutcome:
         """Validate, authorize and provision; never raises for anything the command contains."""
+        if delivery.user_id == self._service_user and delivery.content_type == EVENT_CONTENT_TYPE:
+            # One of the service's own events routed back into the command queue (a producer's
+            # queue may dead-letter into provisioner.commands): no command, and no event about
+            # it that could loop again. It goes to the dead-letter queue, for a person.
+            log.warning("own_event_looped_back", message_id=delivery.message_id)
+            return CommandOutcome("rejected", "reject")
         producer = self._producer(delivery)
         errors: list[FieldError] = []
         if producer is None:
@@ -411,35 +426,52 @@ class CommandHandler:
             cluster = await self._created_by(mine)
             outcome: Outcome = "adopted"
             if cluster is None:
-                denied = await self._limits(producer, command, owner)
-                if denied:
-                    await self._reject(delivery, denied, producer)
-                    return CommandOutcome("rejected", "ack")
-                try:
-                    cluster = await self._api.create_cluster(body)
-                    outcome = "accepted"
-                except Unprocessable as exc:
-                    # Most often the name is taken, by the cluster an earlier delivery of this
-                    # very request created (crash before ack, ambiguous create): adopt it.
-                    cluster = await self._find_by_name(command.cluster.name)
-                    if cluster is None and self._may_be_hidden(delivery):
-                        # This request (an earlier attempt, another copy of the command)
-                        # may have created it, and a fresh cluster can be missing from the
-                        # list for a while: look again later, within that grace.
-                        return await self._retry_or_fail(delivery, command, producer, attempt, exc)
-                    if cluster is None:
-                        return await self._fail_api(delivery, command, producer, exc, attempt)
-                    if mine not in (cluster.tags or []):
-                        # Someone else's cluster: say nothing of it (not its id, not whose).
-                        return await self._fail(
-                            delivery,
-                            command,
-                            producer,
-                            "api_error",
-                            f"the name {command.cluster.name!r} is taken by a cluster this "
-                            "request did not create; choose another name",
-                            api_error=api_error_detail(exc),
-                        )
+                # With a limit on clusters in flight: one create of the producer at a time in
+                # this replica, so that each one counts those before it.
+                limited = self._policy.rules_for(producer).max_clusters_in_flight is not None
+                async with self._one_create.hold(owner) if limited else contextlib.nullcontext():
+                    denied = await self._limits(producer, command, owner, attempt)
+                    if denied:
+                        await self._reject(delivery, denied, producer)
+                        return CommandOutcome("rejected", "ack")
+                    try:
+                        cluster = await self._api.create_cluster(body)
+                        outcome = "accepted"
+                        self._remember(mine, cluster)
+                    except Unprocessable as exc:
+                        # Most often the name is taken, by the cluster an earlier delivery of
+                        # this very request created (crash before ack, ambiguous create).
+                        cluster = await self._find_by_name(command.cluster.name)
+                        if cluster is None and self._may_be_hidden(delivery):
+                            # This request (an earlier attempt, another copy of the command)
+                            # may have created it, and a fresh cluster can be missing from the
+                            # list for a while: look again later, within that grace.
+                            return await self._retry_or_fail(
+                                delivery, command, producer, attempt, exc
+                            )
+                        if cluster is None:
+                            return await self._fail_api(delivery, command, producer, exc, attempt)
+                        if mine not in (cluster.tags or []):
+                            # Someone else's cluster: say nothing of it (not its id, not whose).
+                            return await self._fail(
+                                delivery,
+                                command,
+                                producer,
+                                "api_error",
+                                f"the name {command.cluster.name!r} is taken by a cluster this "
+                                "request did not create; choose another name",
+                                api_error=api_error_detail(exc),
+                            )
+        except _ListFailed as exc:
+            return await self._fail(
+                delivery,
+                command,
+                producer,
+                "api_error",
+                "DigitalOcean refused to list the producer's clusters, which its policy needs: "
+                f"{exc.error.message}",
+                api_error=api_error_detail(exc.error),
+            )
         except Unauthorized:
             await self._on_unauthorized()
             return CommandOutcome("requeued", "requeue")
@@ -464,16 +496,37 @@ class CommandHandler:
         return CommandOutcome(outcome, "ack")
 
     async def _limits(
-        self, producer: str, command: ProvisionDatabase, owner: str
+        self, producer: str, command: ProvisionDatabase, owner: str, attempt: int
     ) -> list[FieldError]:
         """The rules that need DigitalOcean's word: clusters in flight and the restore's
-        source. Raises ``ApiError`` when it cannot be had (the command is retried)."""
+        source. Raises a transient ``ApiError`` when it cannot be had now (the command is
+        retried), ``_ListFailed`` when DigitalOcean refuses the list."""
+        try:
+            return await self._limits_broken(producer, command, owner, attempt)
+        except (Unauthorized, *TRANSIENT):
+            raise
+        except ApiError as exc:
+            raise _ListFailed(exc) from exc
+
+    async def _limits_broken(
+        self, producer: str, command: ProvisionDatabase, owner: str, attempt: int
+    ) -> list[FieldError]:
         rules = self._policy.rules_for(producer)
         errors: list[FieldError] = []
         limit = rules.max_clusters_in_flight
-        if limit is not None:
+        # Counted on the first attempt only: a retry may follow a create that went through
+        # (an ambiguous answer) and must go on to adopt that cluster, not be refused for it.
+        if limit is not None and attempt == 1:
             creating = await self._creating(owner)
-            if creating >= limit:
+            if limit == 0:
+                errors.append(
+                    FieldError(
+                        "$",
+                        f"producer {producer!r} may not create clusters (its policy: "
+                        "max_clusters_in_flight = 0)",
+                    )
+                )
+            elif creating >= limit:
                 errors.append(
                     FieldError(
                         "$",

@@ -21,6 +21,7 @@ __all__ = [
     "PRODUCER_HEADER",
     "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
+    "WATCH_VERSION",
     "OversizedRecord",
     "WatchState",
     "decode_stamp",
@@ -38,6 +39,9 @@ REJECTION_HEADER: Final = "x-rejection-reason"
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
 OVERSIZED_CONTENT_TYPE: Final = "application/vnd.provisioner.oversized+json"
+# 2: watches name their producer and may carry a recipient key. A replica leaves a watch of a
+# newer version to a replica that knows it (an older one would drop what it cannot read).
+WATCH_VERSION: Final = 2
 # On a command the service sends on (a retry, a parked copy): the producer it came from. The
 # copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
 # request it is; it is believed only on messages whose user_id is the service's.
@@ -63,7 +67,7 @@ def decode_stamp(value: object) -> float | None:
 class WatchState(Struct, kw_only=True, omit_defaults=True):
     """Everything needed to follow one cluster to ``connection_ready`` on any replica."""
 
-    v: int = 1
+    v: int = WATCH_VERSION
     request_id: str
     cluster_id: str
     name: str

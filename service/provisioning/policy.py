@@ -75,6 +75,10 @@ class Rules(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
     sizes: list[Annotated[str, Meta(min_length=1)]] | None = None
     """Size slugs or shell-style patterns (``db-s-*``)."""
     max_nodes: Annotated[int, Meta(ge=1)] | None = None
+    max_storage_size_mib: Annotated[int, Meta(ge=0)] | None = None
+    """Most ``storage_size_mib`` a command may ask for (storage above the size's own costs)."""
+    autoscale: bool | None = None
+    """False: ``autoscale`` (storage that grows by itself, and its bill) is refused."""
     max_clusters_in_flight: Annotated[int, Meta(ge=0)] | None = None
     """How many of this producer's clusters may be ``creating`` at once (as the last list of
     the managed clusters shows them: commands handled at the same moment can pass together)."""
@@ -187,6 +191,17 @@ class Policy:
                     f"not {cluster.num_nodes}",
                 )
             )
+        storage = rules.max_storage_size_mib
+        if storage is not None and (cluster.storage_size_mib or 0) > storage:
+            errors.append(
+                FieldError(
+                    "$.cluster.storage_size_mib",
+                    f"{who} may ask for at most {storage} MiB of storage, "
+                    f"not {cluster.storage_size_mib}",
+                )
+            )
+        if rules.autoscale is False and cluster.autoscale is not None:
+            errors.append(FieldError("$.cluster.autoscale", f"{who} may not use autoscale"))
         allowed("$.cluster.project_id", "project", cluster.project_id, rules.project_ids)
         allowed(
             "$.cluster.private_network_uuid",
@@ -252,6 +267,13 @@ def load_policy(path: str | Path | None) -> Policy:
         if not isinstance(table, dict):
             raise PolicyError(
                 f"{where}: {name!r} must be a table ([{name}]) of rules for one producer"
+            )
+        nested = next((key for key, value in table.items() if isinstance(value, dict)), None)
+        if nested is not None:
+            # TOML reads [a.b] as a table b inside a: a user name with a dot needs quotes.
+            raise PolicyError(
+                f"{where}: [{name}] holds a table {nested!r}; a producer whose name has a dot "
+                f'is written with quotes: ["{name}.{nested}"]'
             )
         try:
             tables[name] = msgspec.convert(table, Rules)

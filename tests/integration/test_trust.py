@@ -10,7 +10,9 @@ still reaches ``connection_ready``, and nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +44,7 @@ from tests.fixtures.permissions import (
 )
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command, running_service, settings_for
+from tests.integration.test_examples import PYTHON_EXAMPLE, node, run_example
 
 pytestmark = pytest.mark.integration
 
@@ -424,6 +427,105 @@ async def test_a_forged_direct_reply_to_name_costs_the_service_nothing(
     assert all(readiness.values()), readiness
 
 
+async def genuine_direct_reply_name(url: str) -> str:
+    """A Direct Reply-to name as the broker writes it, read off a message to ourselves."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+        await replies.consume(lambda message: asyncio.sleep(0), no_ack=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"x", reply_to=DIRECT_REPLY_TO), queue.name
+        )
+        message = await queue.get(timeout=5)
+        assert message.reply_to is not None
+        return message.reply_to
+    finally:
+        await connection.close()
+
+
+def cut_short(direct_reply_name: str) -> str:
+    """The same node, its pid one byte short: RabbitMQ 3.10 closes the publisher's connection."""
+    encoded, key = direct_reply_name.removeprefix(DIRECT_REPLY_TO + ".").split(".", 1)
+    raw = base64.b64decode(encoded)[:-1]
+    return f"{DIRECT_REPLY_TO}.{base64.b64encode(raw).decode()}.{key}"
+
+
+async def test_a_malformed_name_on_a_known_node_costs_other_producers_nothing(
+    layout: Layout, simulator_factory: SimulatorFactory
+) -> None:
+    async with world(layout, simulator_factory) as w:
+        replies = w.service._replies
+        assert replies is not None and replies._connection is not None
+        reconnects: list[object] = []
+        replies._connection.reconnect_callbacks.add(lambda *args: reconnects.append(args))
+        first = rid("first")  # makes the node known: its copies go on the shared connection
+        await w.orders.send(command(first, "valkey"))
+        await w.final(w.orders.user.name, first)
+        malformed = cut_short(await genuine_direct_reply_name(layout.admin_url))
+        hostile = [rid("hostile") for _ in range(3)]
+        for request in hostile:
+            await w.billing.send(b"not json", reply_to=malformed)
+            await w.billing.send(command(request, "valkey"), reply_to=malformed)
+        ends = [await w.final(w.billing.user.name, r) for r in hostile]
+        after = rid("after")
+        await w.orders.send(command(after, "valkey"))
+        await w.final(w.orders.user.name, after)
+        await w.orders.replies.wait_for(
+            lambda evs: any(isinstance(e, ConnectionReady) for e in of(evs, after)), timeout=10
+        )
+    # The requests themselves are unharmed; their copies are refused, unsent.
+    assert all(isinstance(e, ConnectionReady) for e in ends)
+    assert reconnects == []
+
+
+async def test_forged_nodes_cost_at_most_one_probe_per_producer_now_and_then(
+    layout: Layout, simulator_factory: SimulatorFactory
+) -> None:
+    async with world(layout, simulator_factory) as w:
+        replies = w.service._replies
+        assert replies is not None
+        before = replies.probes
+        forged = [rid("flood") for _ in range(20)]
+        for _ in forged:
+            await w.billing.send(b"not json", reply_to=FORGED_DIRECT_REPLY)
+        for request in forged:
+            await w.billing.send(command(request, "valkey"), reply_to=FORGED_DIRECT_REPLY)
+        for request in forged:
+            await w.final(w.billing.user.name, request)
+        honest = rid("honest")
+        await w.orders.send(command(honest, "valkey"))
+        await w.final(w.orders.user.name, honest)
+        await w.orders.replies.wait_for(
+            lambda evs: any(isinstance(e, ConnectionReady) for e in of(evs, honest)), timeout=10
+        )
+    # billing's flood cost one probe; orders' node was probed (or known) once.
+    assert replies.probes - before <= 2
+
+
+async def test_the_examples_follow_their_own_request_not_another_producers_with_its_id(
+    layout: Layout, simulator_factory: SimulatorFactory
+) -> None:
+    ids = ["orders-db-2026-11", "orders-db-2026-12"]  # the docs' own example ids: guessable
+    _, attacker_key = new_keypair()
+    small = {"size": "db-s-1vcpu-1gb", "num_nodes": 1, "users": [{"name": "app"}]}
+    async with world(layout, simulator_factory, ready_after_s=1.0) as w:
+        for i, request in enumerate(ids):  # the attacker goes first, with the victims' ids
+            trap = command(request, "valkey", cluster={"name": f"billing-trap-{i}"})
+            await w.billing.send({**trap, "recipient_public_key": attacker_key})
+        mine = json.dumps(command(ids[0], "pg", cluster={"name": "orders-py", **small}))
+        python = await run_example(
+            [sys.executable, str(PYTHON_EXAMPLE), "-"], layout.admin_url, stdin=mine.encode()
+        )
+        mine = json.dumps(command(ids[1], "pg", cluster={"name": "orders-node", **small}))
+        nodejs = await run_example(node("-"), layout.admin_url, stdin=mine.encode(), sealed=True)
+    for finished, name in ((python, "orders-py"), (nodejs, "orders-node")):
+        assert finished.returncode == 0, finished.stderr
+        assert {e["data"]["name"] for e in finished.printed() if "name" in e["data"]} == {name}
+    assert "cannot open" not in nodejs.stderr
+
+
 # --- forged internal messages ---------------------------------------------------------------
 
 
@@ -476,6 +578,39 @@ async def test_a_forged_watch_is_dead_lettered_and_never_announced(
         rabbitmqctl("delete_user", sloppy.name)
     assert looted == 0
     assert "loot" not in {u.name for u in cluster.users or []}
+
+
+async def test_the_services_own_events_looped_back_as_commands_are_dead_lettered(
+    layout: Layout, simulator_factory: SimulatorFactory
+) -> None:
+    """A producer may declare its own queues, and may write to provisioner.commands: a reply
+    queue of its own that dead-letters into that exchange loops the service's events back to
+    it as commands, still carrying the service's user_id."""
+    async with world(layout, simulator_factory) as w:
+        channel = await w.orders.connection.channel()
+        trap = await channel.declare_queue(
+            f"{w.orders.user.name}.trap",
+            arguments={
+                "x-message-ttl": 0,
+                "x-dead-letter-exchange": "provisioner.commands",
+                "x-dead-letter-routing-key": ROUTING_KEY,
+            },
+        )
+        admin = await aio_pika.connect(layout.admin_url)
+        before = await message_count(admin, "provisioner.dead-letter")
+        request = rid("loop")
+        await w.orders.send(command(request, "valkey"), reply_to=trap.name)
+        ready = await w.final(w.orders.user.name, request)
+
+        async def all_copies_dead_lettered() -> bool:
+            return await message_count(admin, "provisioner.dead-letter") >= before + 3
+
+        await eventually(all_copies_dead_lettered, timeout=30)
+        await admin.close()
+    assert isinstance(ready, ConnectionReady)
+    service_user = layout["provisioner"].name
+    assert not any(getattr(e.data, "producer", None) == service_user for e in w.everything.events)
+    assert not [e for e in w.everything.events if isinstance(e, Rejected)]
 
 
 # --- sealed credentials -------------------------------------------------------------------
@@ -545,6 +680,21 @@ async def test_an_unusable_recipient_key_is_a_field_error(
 
 
 # --- policy -------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_commands_cannot_pass_the_clusters_in_flight_limit(
+    layout: Layout, simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('["*"]\nmax_clusters_in_flight = 1\n')
+    async with world(layout, simulator_factory, ready_after_s=3.0, policy_file=str(policy)) as w:
+        burst = [rid("burst") for _ in range(8)]
+        for request in burst:
+            await w.orders.send(command(request, "valkey"))
+        ends = [await w.final(w.orders.user.name, r) for r in burst]
+    assert sum(isinstance(e, ConnectionReady) for e in ends) == 1
+    assert sum(isinstance(e, Rejected) for e in ends) == 7
+    assert w.sim.stats().count("POST /v2/databases") == 1
 
 
 async def test_the_policy_file_limits_what_each_producer_may_ask_for(

@@ -28,13 +28,16 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_prints_the_public_
     public = capsys.readouterr().out.strip()
     assert re.fullmatch(PUBLIC_KEY_PATTERN, public)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    private = path.read_text().strip()
+    private = path.read_text()  # as written, newline included
     assert private not in public
     # The pair works: what is sealed to the printed key opens with the file's.
     data = ConnectionReadyData(
         request_id="r", cluster_id="c", name="n", engine="pg", region="nyc3", secrets="sealed"
     )
-    sealed = seal_secrets(SealedSecrets(users=[SecretUser(name="app", password="pw")]), public)
+    secrets = SealedSecrets(
+        request_id="r", cluster_id="c", users=[SecretUser(name="app", password="pw")]
+    )
+    sealed = seal_secrets(secrets, public)
     data = msgspec.structs.replace(data, sealed_secrets=sealed)
     assert open_sealed_secrets(data, private).secrets == "included"
 

@@ -137,6 +137,14 @@ def test_cluster_names_follow_the_producers_patterns() -> None:
     assert "allowed: orders-*, shared-?" in error.message
 
 
+def test_storage_and_autoscale_can_be_bounded() -> None:
+    policy = Policy({"*": Rules(max_storage_size_mib=20480, autoscale=False)})
+    assert paths(policy, "x", cmd(storage_size_mib=20480)) == []
+    autoscale = {"storage": {"enabled": True, "threshold": 80, "increment_gib": 10}}
+    command = cmd(storage_size_mib=30720, autoscale=autoscale)
+    assert paths(policy, "x", command) == ["$.cluster.storage_size_mib", "$.cluster.autoscale"]
+
+
 def test_a_listed_project_and_vpc_pass() -> None:
     policy = Policy({"*": Rules(project_ids=["p-1"], private_network_uuids=["v-1"])})
     command = cmd(project_id="p-1", private_network_uuid="")
@@ -188,6 +196,7 @@ engines = ["pg"]
         ('["*"]\nengines = ["postgres"]\n', "[*] engines[0]: Invalid enum value 'postgres'"),
         ("[orders]\nmax_nodes = 0\n", "[orders] max_nodes: Expected `int` >= 1"),
         ("max_nodes = 3\n", "'max_nodes' must be a table ([max_nodes])"),
+        ("[svc.orders]\nmax_nodes = 3\n", 'is written with quotes: ["svc.orders"]'),
         ("[orders\n", "not valid TOML"),
     ],
 )

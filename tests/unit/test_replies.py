@@ -14,10 +14,15 @@ from service.broker.replies import direct_reply_node
 GENUINE = "amq.rabbitmq.reply-to.g1h2AA1yZXBseUA5MjQ4ODg0AABrxwAAAABrESWy.JsYosOMYhTfGdXqv441U9A=="
 
 
-def pid(node: bytes, tag: bytes = b"X", atom: int = 118) -> str:
+def pid(node: bytes, tag: bytes = b"X", atom: int = 118, tail: int | None = None) -> str:
     width = 2 if atom in (100, 118) else 1
-    raw = b"\x83" + tag + bytes([atom]) + len(node).to_bytes(width, "big") + node + b"\0" * 12
+    numbers = b"\0" * (tail if tail is not None else 12 if tag == b"X" else 9)
+    raw = b"\x83" + tag + bytes([atom]) + len(node).to_bytes(width, "big") + node + numbers
     return base64.b64encode(raw).decode()
+
+
+def name(encoded_pid: str) -> str:
+    return f"amq.rabbitmq.reply-to.{encoded_pid}.key"
 
 
 def test_a_name_the_broker_wrote_names_its_node() -> None:
@@ -25,29 +30,35 @@ def test_a_name_the_broker_wrote_names_its_node() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "node"),
+    ("encoded", "node"),
     [
-        (f"amq.rabbitmq.reply-to.{pid(b'rabbit@host')}.key", "rabbit@host"),
-        (f"amq.rabbitmq.reply-to.{pid(b'rabbit@host', b'g', 100)}.key", "rabbit@host"),
-        (f"amq.rabbitmq.reply-to.{pid(b'rabbit@h', atom=119)}.key", "rabbit@h"),
+        (pid(b"rabbit@host"), "rabbit@host"),
+        (pid(b"rabbit@host", b"g"), "rabbit@host"),
+        (pid(b"rabbit@h", atom=119), "rabbit@h"),
     ],
+    ids=["new-pid", "old-pid", "short-atom"],
 )
-def test_older_and_shorter_encodings_are_read_too(name: str, node: str) -> None:
-    assert direct_reply_node(name) == node
+def test_every_shape_the_broker_writes_is_read(encoded: str, node: str) -> None:
+    assert direct_reply_node(name(encoded)) == node
 
 
 @pytest.mark.parametrize(
-    "name",
+    "reply_to",
     [
         "orders.replies",
         "amq.rabbitmq.reply-to",
         "amq.rabbitmq.reply-to.garbage",
         "amq.rabbitmq.reply-to.garbage.key",
         f"amq.rabbitmq.reply-to.{pid(b'rabbit@host')}",  # no key
-        f"amq.rabbitmq.reply-to.{pid(b'nohost')}.key",  # not a node name
-        f"amq.rabbitmq.reply-to.{pid(b'rabbit@host', b'h')}.key",  # not a pid
+        name(pid(b"nohost")),  # not a node name
+        name(pid(b"rabbit@host", b"h")),  # not a pid
+        # Shapes RabbitMQ 3.10 answers by closing the publisher's connection:
+        name(pid(b"rabbit@host", atom=100)),  # the node as a Latin-1 atom
+        name(pid(b"rabbit@host", tail=11)),  # numbers cut short
+        name(pid(b"rabbit@host", tail=13)),  # a byte too many
+        name(pid(b"rabbit@host", b"g", tail=12)),
         "amq.rabbitmq.reply-to." + base64.b64encode(b"\x83X\x76\x00\xffab").decode() + ".k",
     ],
 )
-def test_anything_else_is_no_direct_reply_name(name: str) -> None:
-    assert direct_reply_node(name) is None
+def test_anything_else_is_no_direct_reply_name(reply_to: str) -> None:
+    assert direct_reply_node(reply_to) is None

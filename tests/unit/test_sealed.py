@@ -90,6 +90,14 @@ def test_an_altered_box_does_not_open() -> None:
         open_sealed_secrets(event, private)
 
 
+def test_a_box_moved_into_another_event_does_not_open() -> None:
+    private, public = new_keypair()
+    event = sealed_event(public)
+    other = msgspec.structs.replace(event.data, request_id="someone-elses")
+    with pytest.raises(SealedSecretsError, match="belong to another request"):
+        open_sealed_secrets(other, private)
+
+
 def test_an_event_without_sealed_secrets_says_so() -> None:
     private, _ = new_keypair()
     with pytest.raises(SealedSecretsError, match="carries no sealed_secrets"):
