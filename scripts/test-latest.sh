@@ -25,11 +25,14 @@ cd "$work"
 # The Node tooling at its newest versions too (package.json pins exact versions).
 node -e '
   const fs = require("fs");
+  const { execFileSync } = require("child_process");
   const pkg = JSON.parse(fs.readFileSync("package.json", "utf8"));
-  for (const name of Object.keys(pkg.devDependencies)) pkg.devDependencies[name] = "latest";
+  for (const name of Object.keys(pkg.devDependencies)) {
+    pkg.devDependencies[name] = execFileSync("npm", ["view", name, "version"]).toString().trim();
+  }
   fs.writeFileSync("package.json", JSON.stringify(pkg, null, 2));
 '
-rm -f package-lock.json
+# package-lock.json stays (the lock tests read it); --no-package-lock ignores it here.
 npm install --no-audit --no-fund --no-package-lock --loglevel=error
 
 echo "test-latest: Python packages"

@@ -51,6 +51,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
         correlation_id=message.correlation_id,
         message_id=message.message_id,
         user_id=message.user_id,
+        app_id=message.app_id,
         redelivered=bool(message.redelivered),
         unreadable=[FieldError(f"properties.{where}", why) for where, why in note.unreadable]
         if note is not None

@@ -33,6 +33,7 @@ from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
 from service.provisioning.messages import (
+    APP_ID,
     ATTEMPT_HEADER,
     PRODUCER_HEADER,
     REJECTION_HEADER,
@@ -46,7 +47,6 @@ from service.provisioning.watch import DUE_HEADER, LOOKED_AT
 
 __all__ = ["HEADERS_DROPPED_HEADER", "PublishObserver", "RabbitPublisher"]
 
-APP_ID: Final = "provisioner"
 # On a parked copy written without the producer's headers: why.
 HEADERS_DROPPED_HEADER: Final = "x-provisioner-headers-dropped"
 # What pamqp raises for a value it cannot write (a float beyond 32 bits, a long name, ...).

@@ -13,9 +13,10 @@ points. Three things follow:
   nothing more: other shapes are what kill the connection). The first copy to each broker node
   it names goes out on a disposable probe connection; a node that answers is trusted from then
   on (a cluster has a few), one whose probe the broker closes with ``INTERNAL_ERROR`` is refused
-  for a while. Probes never queue: one at a time, and each producer at most one per
-  ``PROBE_EVERY_S``; a copy that cannot be probed now is dropped. So a forged name costs at most
-  a probe connection now and then, never the copies of other producers.
+  for a while. Each producer starts at most one probe per ``PROBE_EVERY_S``; copies to a node
+  being probed wait for its verdict, and a copy that may not start a probe is dropped. So a
+  forged name costs at most a probe connection now and then, never the copies of other
+  producers.
 * Copies are best effort: the events exchange is where a request's events are certain to be;
   a copy that cannot be delivered is logged and counted, and never fails the request.
 """
@@ -112,7 +113,7 @@ class ReplyCopies:
         self._known: OrderedDict[str, None] = OrderedDict()
         self._refused: OrderedDict[str, float] = OrderedDict()
         self._probed_for: OrderedDict[str, float] = OrderedDict()  # producer -> last probe
-        self._probing = asyncio.Lock()
+        self._probing: dict[str, asyncio.Future[ReplyOutcome]] = {}  # node -> its probe
         self.probes = 0  # probe connections opened: a budget a test can read
 
     async def start(self) -> None:
@@ -162,52 +163,67 @@ class ReplyCopies:
     async def _probe(
         self, message: aio_pika.Message, reply_to: str, node: str, producer: str
     ) -> ReplyOutcome:
-        """The first copy to ``node``, on a connection of its own made for it; dropped when a
-        probe is under way or ``producer`` had one lately (a flood of forged nodes must not
-        hold the handlers, nor cost a connection each)."""
-        now = self._clock()
-        last = self._probed_for.get(producer)
-        if self._probing.locked() or (last is not None and now - last < PROBE_EVERY_S):
-            log.warning("reply_copy_dropped", reply_to=reply_to[:128], reason="probe budget")
-            return "refused"
-        self._probed_for[producer] = now
-        self._probed_for.move_to_end(producer)
-        while len(self._probed_for) > PROBERS:
-            self._probed_for.popitem(last=False)
-        async with self._probing:
-            self.probes += 1
-            try:
-                connection = await aio_pika.connect(self._url, timeout=10)
-            except Exception as exc:
-                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
-                return "failed"
-            try:
-                channel = await connection.channel(publisher_confirms=True)
-                await self._publish(channel, message, reply_to)
-                # The broker handles the copy before it answers the next frame: a node it
-                # cannot find has closed the connection by then.
-                await asyncio.wait_for(channel.set_qos(prefetch_count=0), self._timeout_s)
-            except ConnectionInternalError:
-                self._refused[node] = self._clock()
-                while len(self._refused) > REFUSED_NODES:
-                    self._refused.popitem(last=False)
-                log.warning(
-                    "reply_to_refused",
-                    reply_to=reply_to[:128],
-                    reason="the broker does not know its node",
-                )
+        """The first copy to ``node``, on a connection of its own made for it. Copies to a node
+        whose probe is under way wait for its verdict; a producer starts at most one probe per
+        ``PROBE_EVERY_S`` (a flood of forged nodes must not cost a connection each), and a copy
+        that may not start one is dropped."""
+        pending = self._probing.get(node)
+        if pending is None:
+            now = self._clock()
+            last = self._probed_for.get(producer)
+            if last is not None and now - last < PROBE_EVERY_S:
+                log.warning("reply_copy_dropped", reply_to=reply_to[:128], reason="probe budget")
                 return "refused"
-            except Exception as exc:
-                # A slow or restarting broker, an alarm: nothing learnt about the node.
-                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
-                return "failed"
-            finally:
-                with contextlib.suppress(Exception):
-                    await connection.close()
-            self._known[node] = None
-            while len(self._known) > KNOWN_NODES:
-                self._known.popitem(last=False)
-            return "sent"
+            self._probed_for[producer] = now
+            self._probed_for.move_to_end(producer)
+            while len(self._probed_for) > PROBERS:
+                self._probed_for.popitem(last=False)
+            pending = asyncio.ensure_future(self._probe_with(message, reply_to, node))
+            self._probing[node] = pending
+            pending.add_done_callback(lambda _: self._probing.pop(node, None))
+            return await asyncio.shield(pending)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(pending), self._timeout_s)
+        if node in self._known:
+            return await self._send(message, reply_to, producer)
+        return "refused"
+
+    async def _probe_with(
+        self, message: aio_pika.Message, reply_to: str, node: str
+    ) -> ReplyOutcome:
+        self.probes += 1
+        try:
+            connection = await aio_pika.connect(self._url, timeout=10)
+        except Exception as exc:
+            log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+            return "failed"
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await self._publish(channel, message, reply_to)
+            # The broker handles the copy before it answers the next frame: a node it cannot
+            # find has closed the connection by then.
+            await asyncio.wait_for(channel.set_qos(prefetch_count=0), self._timeout_s)
+        except ConnectionInternalError:
+            self._refused[node] = self._clock()
+            while len(self._refused) > REFUSED_NODES:
+                self._refused.popitem(last=False)
+            log.warning(
+                "reply_to_refused",
+                reply_to=reply_to[:128],
+                reason="the broker does not know its node",
+            )
+            return "refused"
+        except Exception as exc:
+            # A slow or restarting broker, an alarm: nothing learnt about the node.
+            log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
+            return "failed"
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self._known[node] = None
+        while len(self._known) > KNOWN_NODES:
+            self._known.popitem(last=False)
+        return "sent"
 
     def _is_refused(self, node: str) -> bool:
         since = self._refused.get(node)

@@ -40,6 +40,7 @@ from service.digitalocean import (
 )
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import (
+    APP_ID,
     ATTEMPT_HEADER,
     FIRST_ATTEMPT_HEADER,
     OVERSIZED_CONTENT_TYPE,
@@ -262,7 +263,11 @@ class CommandHandler:
 
     async def handle(self, delivery: Delivery) -> CommandOutcome:
         """Validate, authorize and provision; never raises for anything the command contains."""
-        if delivery.user_id == self._service_user and delivery.content_type == EVENT_CONTENT_TYPE:
+        if (
+            delivery.user_id == self._service_user
+            and delivery.app_id == APP_ID
+            and delivery.content_type == EVENT_CONTENT_TYPE
+        ):
             # One of the service's own events routed back into the command queue (a producer's
             # queue may dead-letter into provisioner.commands): no command, and no event about
             # it that could loop again. It goes to the dead-letter queue, for a person.

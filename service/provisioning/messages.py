@@ -15,6 +15,7 @@ from contracts.commands import RequestId
 from contracts.digitalocean import DatabaseUserCreate
 
 __all__ = [
+    "APP_ID",
     "ATTEMPT_HEADER",
     "FIRST_ATTEMPT_HEADER",
     "OVERSIZED_CONTENT_TYPE",
@@ -32,6 +33,8 @@ __all__ = [
     "request_id_in_prefix",
 ]
 
+# The AMQP app_id of everything the service publishes.
+APP_ID: Final = "provisioner"
 # The command's attempt number travels in this header through the retry delay queues.
 ATTEMPT_HEADER: Final = "x-provisioner-attempt"
 REJECTION_HEADER: Final = "x-rejection-reason"

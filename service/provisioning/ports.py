@@ -52,6 +52,7 @@ class Delivery(Struct, kw_only=True):
     correlation_id: str | None = None
     message_id: str | None = None
     user_id: str | None = None  # the publisher's RabbitMQ user, checked by the broker
+    app_id: str | None = None
     redelivered: bool = False
     # What the frame layer could not hand on: properties it could not read (the command is
     # refused for them), and the size of a body larger than it reads whole (``body`` is then
