@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -27,9 +28,9 @@ COMMAND_CONTENT_TYPE: Final = "application/json"
 MAX_COMMAND_BYTES: Final = 1024 * 1024
 MAX_ERRORS: Final = 200
 
-REQUEST_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]+$"
+REQUEST_ID_PATTERN: Final = f"^[^{rules.UNSAFE_CHARACTERS}]+$"
 RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=REQUEST_ID_PATTERN)]
-MetadataKey = Annotated[str, Meta(min_length=1, max_length=128)]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=REQUEST_ID_PATTERN)]
 MetadataValue = Annotated[str, Meta(max_length=1024)]
 
 
@@ -69,7 +70,7 @@ _checker = StructureChecker(
     limit=MAX_ERRORS,
     read_only=rules.READ_ONLY_FIELDS,
     pattern_help={
-        REQUEST_ID_PATTERN: "must not contain control characters (newlines, tabs, NUL)",
+        REQUEST_ID_PATTERN: f"{rules.UNSAFE_HELP} (newlines, tabs, NUL, U+202E, U+200B, ...)",
         UUID_OR_EMPTY: "must be a lowercase UUID such as d455e75d-4858-4eec-8c95-da2f0a5f93a7, "
         "or empty",
         HOSTNAME: "must be an RFC 1123 hostname such as db.example.com",
@@ -104,7 +105,9 @@ def decode_command(
         raise InvalidCommand([FieldError("$", f"invalid JSON: {exc}")]) from None
     except RecursionError:
         raise InvalidCommand([FieldError("$", "JSON is nested too deeply")]) from None
-    errors = _checker.check(raw, ProvisionDatabase)
+    # Every JSON parser keeps a different one of two equal keys (msgspec the last): a command
+    # that means different things to different readers is refused.
+    errors = _duplicate_keys(data) + _checker.check(raw, ProvisionDatabase)
     if errors:
         raise InvalidCommand(_capped(errors + _rules_despite(raw, errors)))
     try:
@@ -115,6 +118,51 @@ def decode_command(
     if errors:
         raise InvalidCommand(_capped(errors))
     return command
+
+
+class _Object(dict[str, Any]):
+    """A JSON object as the duplicate-key pass reads it, with the keys it had twice."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _duplicate_keys(data: bytes | bytearray | memoryview) -> list[FieldError]:
+    """A field error for each key that appears twice in one object (valid JSON already)."""
+    found = False
+
+    def pairs(items: list[tuple[str, Any]]) -> _Object:
+        nonlocal found
+        obj = _Object(items)
+        if len(obj) != len(items):
+            seen: set[str] = set()
+            twice: dict[str, None] = {}
+            for key, _ in items:
+                if key in seen:
+                    twice[key] = None
+                seen.add(key)
+            obj.duplicates = tuple(twice)
+            found = True
+        return obj
+
+    try:
+        tree = json.loads(bytes(data), object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return []  # msgspec read it; what the stdlib parser cannot, the other checks report
+    if not found:
+        return []
+    errors: list[FieldError] = []
+    stack: list[tuple[str, Any]] = [("$", tree)]
+    while stack and len(errors) < MAX_ERRORS:
+        path, value = stack.pop()
+        if isinstance(value, _Object):
+            errors.extend(
+                FieldError(f"{path}.{key[:64]}", "duplicate key: each key may appear once")
+                for key in value.duplicates
+            )
+            stack.extend((f"{path}.{k[:64]}", v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return errors
 
 
 def _capped(errors: list[FieldError]) -> list[FieldError]:

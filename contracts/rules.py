@@ -6,6 +6,7 @@ Each rule comes from the DigitalOcean spec's prose (``databases_create_cluster.y
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -15,7 +16,33 @@ from contracts.errors import FieldError
 if TYPE_CHECKING:
     from contracts.commands import ProvisionDatabase
 
-__all__ = ["READ_ONLY_FIELDS", "check_cluster", "check_command", "user_settings_present"]
+__all__ = [
+    "READ_ONLY_FIELDS",
+    "UNSAFE_CHARACTERS",
+    "check_cluster",
+    "check_command",
+    "unsafe_character",
+    "user_settings_present",
+]
+
+# Characters that make a name or an id lie about itself where a person reads it: controls
+# (C0, DEL, C1), bidirectional controls (U+202E shows "orders-dbXXX" backwards) and invisible
+# ones (zero-width space, joiners, word joiner, byte order mark, line separators). A regex
+# character class, shared with the pattern of ``request_id``.
+UNSAFE_CHARACTERS: Final = (
+    r"\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+)
+_UNSAFE: Final = re.compile(f"[{UNSAFE_CHARACTERS}]")
+UNSAFE_HELP: Final = "must not contain control, bidirectional or zero-width characters"
+
+
+def unsafe_character(text: str) -> str | None:
+    """Why ``text`` cannot name anything (the first unsafe character and where), or None."""
+    found = _UNSAFE.search(text)
+    if found is None:
+        return None
+    return f"{UNSAFE_HELP} (U+{ord(found.group()):04X} at index {found.start()})"
+
 
 # Fields the spec marks readOnly on each object we accept. ``users`` and ``db_names`` are
 # read-only on the cluster too, but this service accepts them and applies them once the
@@ -92,9 +119,26 @@ def check_cluster(cluster: DatabaseClusterCreate, path: str = "$") -> list[Field
                 f"`{engine}` clusters take {counts} nodes, not {cluster.num_nodes}",
             )
         )
+    errors.extend(_check_names(cluster, path))
     errors.extend(_check_users(cluster, path))
     errors.extend(_check_db_names(cluster, path))
     return errors
+
+
+def _check_names(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:
+    """Names and tags a person will read in the console, in events and in logs."""
+    named = [(f"{path}.name", cluster.name)]
+    named += [(f"{path}.tags[{i}]", tag) for i, tag in enumerate(cluster.tags or [])]
+    named += [(f"{path}.users[{i}].name", u.name) for i, u in enumerate(cluster.users or [])]
+    # A blank database name has its own error.
+    named += [
+        (f"{path}.db_names[{i}]", n) for i, n in enumerate(cluster.db_names or []) if n.strip()
+    ]
+    return [
+        FieldError(where, why)
+        for where, text in named
+        if (why := unsafe_character(text)) is not None
+    ]
 
 
 def _check_users(cluster: DatabaseClusterCreate, path: str) -> list[FieldError]:

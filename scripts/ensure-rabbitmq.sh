@@ -5,6 +5,13 @@ set -euo pipefail
 
 host="${RABBITMQ_HOST:-127.0.0.1}"
 port="${RABBITMQ_PORT:-5672}"
+# The largest message a broker this script starts accepts. RabbitMQ's default (128 MiB) lets
+# one producer hand every consumer megabytes per message; docs/security.md recommends a few
+# times PROVISIONER_MAX_MESSAGE_BYTES (1 MiB by default). Set at run time with
+# `rabbitmqctl eval` (no configuration file is written; a restart forgets it), and only on a
+# broker this script started: a broker that was already running, perhaps shared, is left as
+# it is and its value is only reported.
+max_message_size="${RABBITMQ_MAX_MESSAGE_SIZE:-8388608}"
 
 answers() { (exec 3<>"/dev/tcp/${host}/${port}") 2>/dev/null; }
 
@@ -24,8 +31,26 @@ rabbitmq_ready() {
     return 0
 }
 
+current_max_message_size() {
+    command -v rabbitmqctl >/dev/null 2>&1 || return 0
+    rabbitmqctl -q eval 'application:get_env(rabbit, max_message_size).' 2>/dev/null | tr -dc '0-9'
+}
+
+report_max_message_size() {
+    local current
+    current="$(current_max_message_size)"
+    [ -n "${current}" ] || return 0
+    if [ "${current}" -gt "${max_message_size}" ]; then
+        echo "rabbitmq: max_message_size is ${current} bytes; ${max_message_size} or less is" \
+            "recommended (docs/security.md); left as it is on a broker this script did not start"
+    else
+        echo "rabbitmq: max_message_size is ${current} bytes"
+    fi
+}
+
 if answers; then
     echo "rabbitmq: answering on ${host}:${port}"
+    report_max_message_size
     exit 0
 fi
 
@@ -46,6 +71,11 @@ echo "rabbitmq: starting rabbitmq-server"
 rabbitmq-server -detached
 if wait_for_broker; then
     echo "rabbitmq: answering on ${host}:${port}"
+    if command -v rabbitmqctl >/dev/null 2>&1; then
+        rabbitmqctl -q eval "application:set_env(rabbit, max_message_size, ${max_message_size})." \
+            >/dev/null
+    fi
+    report_max_message_size
 else
     echo "rabbitmq: started but nothing answers on ${host}:${port} after 90 s" >&2
     exit 1

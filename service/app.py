@@ -30,10 +30,11 @@ from contracts.digitalocean import (
     DatabaseUser,
     DatabaseUserCreate,
 )
+from service.broker import frames
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.publisher import RabbitPublisher
 from service.broker.replies import ReplyCopies
-from service.broker.topology import Topology, declare
+from service.broker.topology import Topology, bounds, declare, message_count
 from service.config import ConfigError, Settings, load_settings
 from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
 from service.digitalocean.client import ClusterScan
@@ -52,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 TOKEN_PROBE_INTERVAL_S: Final = 30.0
 CONNECT_BACKOFF_MAX_S: Final = 30.0
+QUEUE_POLL_INTERVAL_S: Final = 15.0
 
 
 def redact_url(url: str) -> str:
@@ -170,6 +172,7 @@ class Service:
         topology: Topology | None = None,
         metrics: ProvisionerMetrics | None = None,
         policy: Policy | None = None,
+        queue_poll_interval_s: float = QUEUE_POLL_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self.topology = topology or topology_for(settings)
@@ -198,6 +201,8 @@ class Service:
         self._watches: WatchConsumer | None = None
         self._health: HealthServer | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._queue_poll: asyncio.Task[None] | None = None
+        self._queue_poll_interval_s = queue_poll_interval_s
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -211,7 +216,12 @@ class Service:
             register_secret(amqp_password)
         self._health = HealthServer(s.http_host, s.http_port, self.metrics.registry, self.readiness)
         self.http_port = await self._health.start()
+        # Before the first frame: no message can then cost the connection or be read whole
+        # past the limit (service/broker/frames.py).
+        frames.install(s.max_message_bytes)
         self._connection = await connect(s.amqp_url, attempts=connect_attempts)
+        self._connection.close_callbacks.add(self._on_connection_lost)
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
         setup = await self._connection.channel()
         await declare(setup, self.topology)
         await setup.close()
@@ -236,6 +246,7 @@ class Service:
             timeout_s=s.publish_timeout_s,
             replies=self._replies,
             observer=self.metrics.observe_event_published,
+            on_headers_dropped=self.metrics.count_headers_dropped,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
         snapshot = (
@@ -263,6 +274,7 @@ class Service:
             max_attempts=s.max_command_attempts,
             max_message_bytes=s.max_message_bytes,
             on_unauthorized=self._on_unauthorized,
+            on_parked=self.metrics.count_parked,
         )
         watches = WatchHandler(
             api=self.api,
@@ -280,6 +292,7 @@ class Service:
             s.command_prefetch,
             commands,
             on_outcome=self._count_command,
+            metrics=self.metrics,
         )
         self._watches = WatchConsumer(
             watch_channel,
@@ -290,9 +303,11 @@ class Service:
             batch_max=s.watch_prefetch,
             on_outcome=self._count_watch,
             on_in_flight=self.metrics.watches_in_flight.set,
+            metrics=self.metrics,
         )
         await self._watches.start()
         await self._commands.start()
+        self._queue_poll = asyncio.create_task(self._poll_bounded_queues())
         log.info(
             "service_started",
             amqp=redact_url(s.amqp_url),
@@ -309,6 +324,8 @@ class Service:
         self._stopping = True
         if self._probe is not None:
             self._probe.cancel()
+        if self._queue_poll is not None:
+            self._queue_poll.cancel()
         grace = self.settings.shutdown_grace_s
         cut = 0
         consumers = [c for c in (self._commands, self._watches) if c is not None]
@@ -377,6 +394,31 @@ class Service:
             return
 
     # --- metrics ---------------------------------------------------------------------
+
+    def _on_connection_lost(self, _sender: object, _exc: BaseException | None) -> None:
+        if not self._stopping:
+            self.metrics.count_connection_drop()
+
+    def _on_reconnected(self, _sender: object) -> None:
+        self.metrics.count_reconnect()
+
+    async def _poll_bounded_queues(self) -> None:
+        """Read how full the parking and dead-letter queues are, now and then: the broker
+        refuses new messages at their bounds, and an operator should see that coming."""
+        bounded = [
+            (q.name, limits) for q in self.topology.queues() if (limits := bounds(q)) is not None
+        ]
+        for name, (messages, size) in bounded:
+            self.metrics.set_queue_bounds(name, messages, size)
+        while not self._stopping:
+            connection = self._connection
+            if connection is not None and connection.connected.is_set():
+                for name, _ in bounded:
+                    try:
+                        self.metrics.set_queue_messages(name, await message_count(connection, name))
+                    except Exception as exc:  # a broker hiccup: the next round tries again
+                        log.info("queue_depth_unread", queue=name, error=repr(exc)[:200])
+            await asyncio.sleep(self._queue_poll_interval_s)
 
     def _observe_api_call(self, operation: str, status: str, seconds: float) -> None:
         self.metrics.observe_api_call(operation, status, seconds)

@@ -27,9 +27,12 @@ __all__ = [
     "OVERFLOW_LABEL",
     "TIME_TO_ONLINE_BUCKETS",
     "CommandOutcome",
+    "Consumer",
     "Counter",
+    "DeadLetterReason",
     "Gauge",
     "Histogram",
+    "ParkReason",
     "ProvisionerMetrics",
     "Registry",
 ]
@@ -356,6 +359,16 @@ CommandOutcome = Literal["accepted", "adopted", "rejected", "failed", "retried",
 
 _COMMAND_OUTCOMES: Final[tuple[str, ...]] = get_args(CommandOutcome)
 
+Consumer = Literal["commands", "watches"]
+"""The label values of ``consumer``."""
+ParkReason = Literal["invalid", "too_large", "unreadable_properties", "parking_full"]
+"""The label values of ``provisioner_messages_parked_total``."""
+DeadLetterReason = Literal["rejected", "delivery_limit"]
+"""The label values of ``reason`` in ``provisioner_messages_dead_lettered_total``."""
+
+_CONSUMERS: Final[tuple[str, ...]] = get_args(Consumer)
+_PARK_REASONS: Final[tuple[str, ...]] = get_args(ParkReason)
+
 
 class ProvisionerMetrics:
     """The service's metrics (prefix ``provisioner_``); create one per process.
@@ -434,6 +447,46 @@ class ProvisionerMetrics:
                 max_series=20,
             )
         )
+        self._register_robustness(r)
+
+    def count_handler_crash(self, consumer: Consumer) -> None:
+        """A handler of ``consumer`` raised; its message went back to its queue."""
+        self.handler_crashes.inc(consumer=consumer)
+
+    def count_parked(self, reason: ParkReason) -> None:
+        """A bad command was parked for ``reason`` (``parking_full``: it could not be)."""
+        if reason not in _PARK_REASONS:
+            raise ValueError(f"unknown park reason {reason!r}")
+        self.messages_parked.inc(reason=reason)
+
+    def count_dead_lettered(self, queue: str, reason: DeadLetterReason) -> None:
+        """This process sent a message of ``queue`` to the dead-letter queue."""
+        self.messages_dead_lettered.inc(queue=queue, reason=reason)
+
+    def count_undecodable(self, consumer: Consumer) -> None:
+        """A message whose AMQP properties could not be read in full reached ``consumer``."""
+        self.undecodable_messages.inc(consumer=consumer)
+
+    def count_headers_dropped(self, headers: int) -> None:
+        """``headers`` producer headers were left out of a copy the service wrote."""
+        self.producer_headers_dropped.inc(headers)
+
+    def count_connection_drop(self) -> None:
+        """The broker connection was lost."""
+        self.broker_connection_drops.inc()
+
+    def count_reconnect(self) -> None:
+        """The broker connection was restored."""
+        self.broker_reconnects.inc()
+
+    def set_queue_bounds(self, queue: str, messages: int, size: int) -> None:
+        """The bounds ``queue`` was declared with."""
+        self.queue_max_messages.set(messages, queue=queue)
+        self.queue_max_bytes.set(size, queue=queue)
+
+    def set_queue_messages(self, queue: str, messages: int) -> None:
+        """How many messages ``queue`` held when last asked."""
+        self.queue_messages.set(messages, queue=queue)
 
     def count_command(self, outcome: CommandOutcome) -> None:
         """One command ended as ``outcome``."""
@@ -460,6 +513,93 @@ class ProvisionerMetrics:
         """An event of ``event_type`` was confirmed ``seconds`` after it was published."""
         self.events_published.inc(type=event_type)
         self.event_publish_seconds.observe(seconds)
+
+    def _register_robustness(self, r: Registry) -> None:
+        """What shows a hostile or broken message, a lost broker and the bounded queues."""
+        self.handler_crashes = r.register(
+            Counter(
+                "provisioner_handler_crashes",
+                "Handler runs that raised; their messages went back to the queue (whose "
+                "delivery limit dead-letters a message that keeps failing), by consumer.",
+                ["consumer"],
+                max_series=len(_CONSUMERS),
+            )
+        )
+        self.messages_parked = r.register(
+            Counter(
+                "provisioner_messages_parked",
+                "Bad commands moved to the parking queue, by why; parking_full counts those "
+                "the queue refused at its bound (dropped after their rejected event).",
+                ["reason"],
+                max_series=len(_PARK_REASONS),
+            )
+        )
+        self.messages_dead_lettered = r.register(
+            Counter(
+                "provisioner_messages_dead_lettered",
+                "Messages this process sent to the dead-letter queue: rejected (unreadable) "
+                "or returned past the queue's delivery limit, by queue and reason.",
+                ["queue", "reason"],
+                max_series=20,
+            )
+        )
+        self.undecodable_messages = r.register(
+            Counter(
+                "provisioner_undecodable_messages",
+                "Messages whose AMQP properties could not be read in full (refused and "
+                "parked or dead-lettered, never a dropped connection), by consumer.",
+                ["consumer"],
+                max_series=len(_CONSUMERS),
+            )
+        )
+        self.producer_headers_dropped = r.register(
+            Counter(
+                "provisioner_producer_headers_dropped",
+                "Producer headers left out of a parked or retried copy because they cannot "
+                "be written back as they came.",
+            )
+        )
+        self.broker_connection_drops = r.register(
+            Counter(
+                "provisioner_broker_connection_drops",
+                "Times the connection to the broker was lost (not the service's own close).",
+            )
+        )
+        self.broker_reconnects = r.register(
+            Counter(
+                "provisioner_broker_reconnects",
+                "Times the connection to the broker was restored after it was lost.",
+            )
+        )
+        self.queue_messages = r.register(
+            Gauge(
+                "provisioner_queue_messages",
+                "Messages ready in the parking and dead-letter queues when last read.",
+                ["queue"],
+                max_series=10,
+            )
+        )
+        self.queue_max_messages = r.register(
+            Gauge(
+                "provisioner_queue_max_messages",
+                "The most messages the queue holds; at the bound it refuses new ones.",
+                ["queue"],
+                max_series=10,
+            )
+        )
+        self.queue_max_bytes = r.register(
+            Gauge(
+                "provisioner_queue_max_bytes",
+                "The most bytes of bodies the queue holds; at the bound it refuses new ones.",
+                ["queue"],
+                max_series=10,
+            )
+        )
+        for consumer in _CONSUMERS:
+            self.handler_crashes.touch(consumer=consumer)
+            self.undecodable_messages.touch(consumer=consumer)
+        for reason in _PARK_REASONS:
+            self.messages_parked.touch(reason=reason)
 
     def render(self) -> str:
         """Every metric of this process in the text exposition format."""

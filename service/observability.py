@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import re
 import sys
@@ -32,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final, Literal, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import msgspec
 import structlog
@@ -41,6 +42,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
     "REDACTED",
+    "LibraryBodyFilter",
     "SecretRegistry",
     "capture_logs",
     "configure_logging",
@@ -126,11 +128,20 @@ class SecretRegistry:
         return f"SecretRegistry(size={len(self._values)}, capacity={self._capacity})"
 
     def register(self, value: str) -> None:
-        """Scrub ``value`` (and its URL-encoded form) from every line logged from now on."""
+        """Scrub ``value`` from every line logged from now on, also as it reads inside a JSON
+        string (escaped, with or without ``\\uXXXX`` for non-ASCII) and inside a URL
+        (percent-encoded)."""
         if not isinstance(value, str) or len(value) < self.min_length:
             return
+        forms = {
+            value,
+            quote(value, safe=""),
+            quote_plus(value, safe=""),
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+        }
         with self._lock:
-            for form in {value, quote(value, safe="")}:
+            for form in forms:
                 if form in self._values:
                     self._values.move_to_end(form)
                     continue
@@ -285,6 +296,42 @@ def redact_secrets(_logger: WrappedLogger, _method_name: str, event_dict: EventD
     return redacted if isinstance(redacted, dict) else dict(redacted)
 
 
+# Loggers of libraries that see message bodies: aiormq logs every frame it sends and receives
+# at DEBUG (a connection_ready body, passwords included), and a few frames above DEBUG.
+_LIBRARY_LOGGERS: Final = frozenset({"aiormq", "aio_pika", "aiohttp", "pamqp"})
+
+
+def _without_body(value: Any) -> Any:
+    """``value``, or a stand-in naming its kind and size where it holds a message body."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, list | tuple):
+        return type(value)(_without_body(item) for item in value)
+    for attribute in ("body", "payload", "value"):
+        # pamqp's ContentBody (value), aiormq's ChannelFrame (payload) and DeliveredMessage,
+        # aio-pika's messages (body): the kind and the size are all a log line needs.
+        held = getattr(value, attribute, None) if not isinstance(value, str) else None
+        if isinstance(held, bytes | bytearray | memoryview):
+            return f"<{type(value).__name__} of {len(held)} bytes>"
+    return value
+
+
+class LibraryBodyFilter(logging.Filter):
+    """Replaces every message body a library puts in a log record by its size, whatever the
+    level: redaction only scrubs what it recognises, and a body can hold anything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in _LIBRARY_LOGGERS:
+            return True
+        if isinstance(record.args, Mapping):
+            record.args = {k: _without_body(v) for k, v in record.args.items()}
+        elif record.args:
+            record.args = tuple(_without_body(arg) for arg in record.args)
+        if not isinstance(record.msg, str):
+            record.msg = _without_body(record.msg)
+        return True
+
+
 # The handler this module installed on the root logger, so a second call replaces it.
 _HANDLER_MARK: Final = "_provisioner_handler"
 
@@ -378,6 +425,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(LibraryBodyFilter())
     setattr(handler, _HANDLER_MARK, True)
 
     root = logging.getLogger()

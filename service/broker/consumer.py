@@ -20,7 +20,10 @@ import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from contracts.errors import FieldError
+from service.broker.frames import take_note
 from service.broker.topology import DeclaredQueue
+from service.metrics import Consumer, ProvisionerMetrics
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.messages import (
     WATCH_VERSION,
@@ -37,17 +40,23 @@ log = structlog.get_logger(__name__)
 
 
 def to_delivery(message: AbstractIncomingMessage) -> Delivery:
-    """The parts of an AMQP message the domain uses."""
+    """The parts of an AMQP message the domain uses (with what the frame layer noted)."""
+    headers: dict[str, object] = dict(message.headers or {})
+    note = take_note(headers)
     return Delivery(
         body=message.body,
         content_type=message.content_type,
-        headers=dict(message.headers or {}),
+        headers=headers,
         reply_to=message.reply_to,
         correlation_id=message.correlation_id,
         message_id=message.message_id,
         user_id=message.user_id,
         app_id=message.app_id,
         redelivered=bool(message.redelivered),
+        unreadable=[FieldError(f"properties.{where}", why) for where, why in note.unreadable]
+        if note is not None
+        else [],
+        truncated_from=note.body_size if note is not None else None,
     )
 
 
@@ -170,10 +179,21 @@ _CANCEL_TIMEOUT_S: Final = 2.0
 class _Consumer:
     """Starts, stops and drains one queue's consumer."""
 
-    def __init__(self, channel: AbstractChannel, queue: DeclaredQueue, prefetch: int) -> None:
+    name: Consumer
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: DeclaredQueue,
+        prefetch: int,
+        metrics: ProvisionerMetrics | None = None,
+    ) -> None:
         self._channel = channel
         self._declared = queue
         self._prefetch = prefetch
+        self._metrics = metrics
+        limit = queue.arguments.get("x-delivery-limit")
+        self._delivery_limit = limit if isinstance(limit, int) else None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -231,6 +251,29 @@ class _Consumer:
         """Nack or reject one message on its own, then take it off the ack books."""
         await _settle(message, how)
         self._acks.settled(message)
+        if self._metrics is None:
+            return
+        if how == "reject":
+            self._metrics.count_dead_lettered(self._declared.name, "rejected")
+        elif self._past_limit(message):
+            self._metrics.count_dead_lettered(self._declared.name, "delivery_limit")
+
+    def _past_limit(self, message: AbstractIncomingMessage) -> bool:
+        """Whether returning ``message`` spends its last delivery: a quorum queue counts the
+        deliveries before this one in ``x-delivery-count`` and dead-letters a message
+        returned with that count at the limit."""
+        if self._delivery_limit is None:
+            return False
+        count = (message.headers or {}).get("x-delivery-count")
+        return isinstance(count, int) and count >= self._delivery_limit
+
+    def _crashed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.count_handler_crash(self.name)
+
+    def _undecodable(self) -> None:
+        if self._metrics is not None:
+            self._metrics.count_undecodable(self.name)
 
     def _track(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -255,6 +298,8 @@ def _due(batch: list[tuple[AbstractIncomingMessage, WatchState]]) -> float | Non
 class CommandConsumer(_Consumer):
     """``provisioner.requests`` -> ``CommandHandler``, many commands at once."""
 
+    name: Consumer = "commands"
+
     def __init__(
         self,
         channel: AbstractChannel,
@@ -262,8 +307,9 @@ class CommandConsumer(_Consumer):
         prefetch: int,
         handler: CommandHandler,
         on_outcome: Callable[[CommandOutcome], None] | None = None,
+        metrics: ProvisionerMetrics | None = None,
     ) -> None:
-        super().__init__(channel, queue, prefetch)
+        super().__init__(channel, queue, prefetch, metrics)
         self._handler = handler
         self._on_outcome = on_outcome
 
@@ -274,7 +320,10 @@ class CommandConsumer(_Consumer):
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
         try:
-            outcome = await self._handler.handle(to_delivery(message))
+            delivery = to_delivery(message)
+            if delivery.unreadable:
+                self._undecodable()
+            outcome = await self._handler.handle(delivery)
         except asyncio.CancelledError:
             await asyncio.shield(self._return(message, "requeue"))
             raise
@@ -282,6 +331,7 @@ class CommandConsumer(_Consumer):
             # A bug or a broker failure mid-way: requeue; the queue's delivery limit moves
             # a message that keeps failing to the dead-letter queue instead of looping.
             log.exception("command_handler_crashed")
+            self._crashed()
             await self._return(message, "requeue")
             return
         if outcome.disposition == "ack":
@@ -295,6 +345,8 @@ class CommandConsumer(_Consumer):
 class WatchConsumer(_Consumer):
     """``provisioner.watch`` -> ``WatchHandler`` in batches, so one list call serves many."""
 
+    name: Consumer = "watches"
+
     def __init__(
         self,
         channel: AbstractChannel,
@@ -307,8 +359,9 @@ class WatchConsumer(_Consumer):
         linger_s: float = 0.05,
         on_outcome: Callable[[WatchOutcome], None] | None = None,
         on_in_flight: Callable[[int], None] | None = None,
+        metrics: ProvisionerMetrics | None = None,
     ) -> None:
-        super().__init__(channel, queue, prefetch)
+        super().__init__(channel, queue, prefetch, metrics)
         self._handler = handler
         self._trusted_user = trusted_user
         self._batch_max = batch_max
@@ -327,6 +380,18 @@ class WatchConsumer(_Consumer):
             # forged it. Such a message goes to the dead-letter queue, for a person.
             log.error("watch_message_forged", user_id=(message.user_id or "")[:128])
             await self._return(message, "reject")
+            return
+        note = take_note(dict(message.headers or {}))
+        if note is not None:
+            # Only the service writes watches: one the frame layer could not hand on whole
+            # (a body cut to its head, properties left out) is not one of ours.
+            self._undecodable()
+            log.error(
+                "watch_message_unreadable",
+                unreadable=[f"{where}: {why}" for where, why in note.unreadable],
+                body_size=note.body_size,
+            )
+            await self._return(message, "reject")  # to the dead-letter queue, for a person
             return
         try:
             watch = decode_watch(message.body)
@@ -382,6 +447,7 @@ class WatchConsumer(_Consumer):
             raise
         except Exception:
             log.exception("watch_batch_crashed", batch=len(batch))
+            self._crashed()
             await asyncio.gather(*(self._return(m, "requeue") for m, _ in batch))
             return
         returned = []

@@ -15,6 +15,7 @@ its own watches and retries from a message a producer forged. Copies to a produc
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,9 +25,11 @@ import aio_pika
 import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel, DeliveryMode
+from pamqp.commands import Basic
 
 from contracts.errors import FieldError
 from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
+from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
 from service.provisioning.messages import (
@@ -39,11 +42,15 @@ from service.provisioning.messages import (
     encode_stamp,
     encode_watch,
 )
-from service.provisioning.ports import Delivery
+from service.provisioning.ports import Delivery, ParkingFull
 from service.provisioning.watch import DUE_HEADER, LOOKED_AT
 
-__all__ = ["PublishObserver", "RabbitPublisher"]
+__all__ = ["HEADERS_DROPPED_HEADER", "PublishObserver", "RabbitPublisher"]
 
+# On a parked copy written without the producer's headers: why.
+HEADERS_DROPPED_HEADER: Final = "x-provisioner-headers-dropped"
+# What pamqp raises for a value it cannot write (a float beyond 32 bits, a long name, ...).
+_UNWRITABLE: Final = (TypeError, ValueError, OverflowError, struct.error)
 # Headers are for people reading the parking queue: keep the reason readable and bounded.
 MAX_REASON_BYTES: Final = 16 * 1024
 
@@ -64,6 +71,7 @@ class RabbitPublisher:
         timeout_s: float,
         replies: ReplyCopies | None = None,
         observer: PublishObserver | None = None,
+        on_headers_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self._channel = channel
         self._topology = topology
@@ -71,6 +79,7 @@ class RabbitPublisher:
         self._timeout_s = timeout_s
         self._replies = replies
         self._observer = observer
+        self._on_headers_dropped = on_headers_dropped
         self._events: AbstractExchange | None = None
 
     async def _events_exchange(self) -> AbstractExchange:
@@ -112,7 +121,11 @@ class RabbitPublisher:
     async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
         """The command again, through the delay queue for this attempt; the copy is the
         service's (its ``user_id``), so the producer it came from travels in a header."""
-        headers = {**delivery.headers, ATTEMPT_HEADER: attempt + 1, PRODUCER_HEADER: producer}
+        headers = {
+            **self._portable(delivery.headers),
+            ATTEMPT_HEADER: attempt + 1,
+            PRODUCER_HEADER: producer,
+        }
         await self._to_queue(
             self._topology.retry_queue(attempt),
             _copy(delivery, headers, self._user_id),
@@ -140,22 +153,46 @@ class RabbitPublisher:
     async def park(
         self, delivery: Delivery, errors: list[FieldError], producer: str | None
     ) -> None:
-        """The original command, untouched, with why it was refused (and whose it was) in its
-        headers."""
+        """The original command, with why it was refused (and whose it was) in its headers.
+        Of the producer's headers, those that are written back as they came; if the copy
+        still cannot be written, it is parked with the service's headers only, and says so."""
         reason = _bounded_reason(errors)
-        headers: dict[str, Any] = {
-            **delivery.headers,
+        own: dict[str, Any] = {
             REJECTION_HEADER: reason.decode(),
             "x-rejected-at": datetime.now(UTC).isoformat(),
             "x-rejection-count": len(errors),
         }
         if producer is not None:
-            headers[PRODUCER_HEADER] = producer
-        else:
-            headers.pop(PRODUCER_HEADER, None)
-        await self._to_queue(
-            self._topology.rejected_queue, _copy(delivery, headers, self._user_id), mandatory=True
-        )
+            own[PRODUCER_HEADER] = producer
+        theirs = self._portable(delivery.headers)
+        theirs.pop(PRODUCER_HEADER, None)  # only the service says whose a command is
+        queue = self._topology.rejected_queue
+        try:
+            try:
+                copy = _copy(delivery, {**theirs, **own}, self._user_id)
+                await self._to_queue(queue, copy, mandatory=True)
+            except _UNWRITABLE as exc:
+                log.warning("parked_without_headers", error=f"{type(exc).__name__}: {exc}"[:200])
+                if self._on_headers_dropped is not None:
+                    self._on_headers_dropped(len(delivery.headers))
+                own[HEADERS_DROPPED_HEADER] = (
+                    f"the producer's headers could not be written ({type(exc).__name__})"
+                )
+                await self._to_queue(queue, _copy(delivery, own, self._user_id), mandatory=True)
+        except aio_pika.exceptions.DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                # x-overflow=reject-publish: the queue is at its length or byte bound.
+                raise ParkingFull(queue) from None
+            raise
+
+    def _portable(self, headers: dict[str, object]) -> dict[str, Any]:
+        """The headers that go back on the wire as they came; the rest are counted."""
+        kept, dropped = portable_headers(headers)
+        if dropped:
+            log.info("headers_not_copied", headers=[name[:64] for name in dropped[:10]])
+            if self._on_headers_dropped is not None:
+                self._on_headers_dropped(len(dropped))
+        return kept
 
     async def _ready(self) -> None:
         """Wait (at most the publish timeout) while the robust channel is being restored

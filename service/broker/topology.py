@@ -13,15 +13,27 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from msgspec import Struct
 
-__all__ = ["DeclaredQueue", "Topology", "declare", "message_count"]
+__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "message_count"]
+
+log = structlog.get_logger(__name__)
 
 # RabbitMQ 3.x counts a message returned because its consumer vanished (a killed replica,
 # a cut connection) as a delivery, not only a handler's failure: 20 leaves room for a
 # rough day of broker cuts while a real poison message still stops looping quickly.
 DELIVERY_LIMIT: Final = 20
+
+# The parking and dead-letter queues are bounded, so that a flood of bad commands (or a bug
+# that dead-letters everything) cannot fill the broker's disk, at which point RabbitMQ blocks
+# every publisher of every application on it. At the bound they refuse new messages
+# (reject-publish): what they hold stays for a person. See docs/reliability.md.
+PARKING_MAX_MESSAGES: Final = 100_000
+PARKING_MAX_BYTES: Final = 256 * 1024 * 1024
+DEAD_LETTER_MAX_MESSAGES: Final = 10_000
+DEAD_LETTER_MAX_BYTES: Final = 256 * 1024 * 1024
 
 
 class DeclaredQueue(Struct, frozen=True):
@@ -46,6 +58,10 @@ class Topology(Struct, frozen=True, kw_only=True):
     watch_delay_s: float = 10.0
     retry_delays_s: tuple[float, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
     delivery_limit: int = DELIVERY_LIMIT
+    parking_max_messages: int = PARKING_MAX_MESSAGES
+    parking_max_bytes: int = PARKING_MAX_BYTES
+    dead_letter_max_messages: int = DEAD_LETTER_MAX_MESSAGES
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
 
     @classmethod
     def prefixed(cls, prefix: str, **delays: Any) -> Topology:
@@ -94,10 +110,16 @@ class Topology(Struct, frozen=True, kw_only=True):
         queues = [
             DeclaredQueue(self.requests_queue, limited, "commands to handle"),
             DeclaredQueue(self.watch_queue, limited, "clusters being followed"),
-            DeclaredQueue(self.rejected_queue, {"x-queue-type": "quorum"}, "parked bad commands"),
+            DeclaredQueue(
+                self.rejected_queue,
+                _bounded(self.parking_max_messages, self.parking_max_bytes),
+                "parked bad commands",
+            ),
             DeclaredQueue(
                 self.dead_letter_queue,
-                {"x-queue-type": "quorum"},
+                # At its bound the sources keep what they dead-letter (at-least-once) until
+                # there is room again.
+                _bounded(self.dead_letter_max_messages, self.dead_letter_max_bytes),
                 "messages that exhausted their deliveries",
             ),
             DeclaredQueue(
@@ -115,6 +137,24 @@ class Topology(Struct, frozen=True, kw_only=True):
                 )
             )
         return queues
+
+
+def _bounded(messages: int, size: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length": messages,
+        "x-max-length-bytes": size,
+        "x-overflow": "reject-publish",
+    }
+
+
+def bounds(queue: DeclaredQueue) -> tuple[int, int] | None:
+    """(messages, bytes) a queue is declared to hold at most, if it is bounded."""
+    messages = queue.arguments.get("x-max-length")
+    size = queue.arguments.get("x-max-length-bytes")
+    if isinstance(messages, int) and isinstance(size, int):
+        return messages, size
+    return None
 
 
 def _ms(seconds: float) -> int:
@@ -146,7 +186,18 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     )
     lines.append(f"exchange {topology.dead_letter_exchange} (fanout)")
     for queue in topology.queues():
-        await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        try:
+            await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if bounds(queue) is None:
+                raise
+            # Made by a version without bounds: a queue's arguments cannot change, so it is
+            # used as it is, and said so at every start (docs/operations: how to bound it).
+            await channel.reopen()
+            await channel.declare_queue(queue.name, passive=True)
+            log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])
+            lines.append(f"queue {queue.name}: {queue.purpose} (exists without bounds; kept)")
+            continue
         lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}")
     await _bind(channel, topology.requests_queue, commands, [topology.command_routing_key])
     lines.append(

@@ -43,14 +43,25 @@ from service.provisioning.messages import (
     APP_ID,
     ATTEMPT_HEADER,
     FIRST_ATTEMPT_HEADER,
+    OVERSIZED_CONTENT_TYPE,
     PRODUCER_HEADER,
+    OversizedRecord,
     WatchState,
     decode_stamp,
+    encode_oversized,
     encode_stamp,
+    request_id_in_prefix,
 )
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy
-from service.provisioning.ports import ClusterApi, Delivery, EventBus, WorkQueues
+from service.provisioning.ports import (
+    ClusterApi,
+    Delivery,
+    EventBus,
+    ParkingFull,
+    ParkReason,
+    WorkQueues,
+)
 from service.provisioning.watch import ClusterSnapshot
 
 __all__ = ["CommandHandler", "CommandOutcome", "owner_tag", "request_tag", "spec_tag"]
@@ -62,6 +73,8 @@ TRANSIENT: Final = (RateLimited, ServerError, TransportError, AmbiguousCreate)
 PRECHECK_TIMEOUT_S: Final = 5.0
 RECENT_CLUSTERS: Final = 10_000
 JSON_TYPES: Final = frozenset({COMMAND_CONTENT_TYPE, "text/json"})
+# What an oversized command's parked record keeps of its body, for a person to recognise it.
+OVERSIZED_HEAD_BYTES: Final = 1024
 
 
 class CommandOutcome(Struct, frozen=True):
@@ -138,6 +151,31 @@ def _peek(body: bytes, max_bytes: int) -> _Peek:
     return peek
 
 
+def _too_large(size: int, limit: int) -> FieldError:
+    return FieldError("$", f"message is {size} bytes; the limit is {limit}")
+
+
+def _oversized_record(
+    delivery: Delivery, errors: list[FieldError], request_id: str | None, producer: str | None
+) -> Delivery:
+    """What is parked of a command over the size limit: who, which request, how big, why,
+    and the first bytes; bounded whatever the producer sent."""
+    record = OversizedRecord(
+        reason="; ".join(str(e) for e in errors),
+        size=delivery.size,
+        producer=producer,
+        request_id=request_id,
+        content_type=delivery.content_type,
+        head=delivery.body[:OVERSIZED_HEAD_BYTES].decode("utf-8", "replace"),
+    )
+    return msgspec.structs.replace(
+        delivery,
+        body=encode_oversized(record),
+        content_type=OVERSIZED_CONTENT_TYPE,
+        truncated_from=None,
+    )
+
+
 class KeyedLock:
     """One asyncio lock per key, dropped when nobody holds or waits for it."""
 
@@ -197,6 +235,7 @@ class CommandHandler:
         max_attempts: int,
         max_message_bytes: int,
         on_unauthorized: Callable[[], Awaitable[None]],
+        on_parked: Callable[[ParkReason], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._api = api
@@ -219,6 +258,7 @@ class CommandHandler:
         self._max_attempts = max_attempts
         self._max_bytes = max_message_bytes
         self._on_unauthorized = on_unauthorized
+        self._on_parked = on_parked
         self._wall = wall
 
     async def handle(self, delivery: Delivery) -> CommandOutcome:
@@ -309,6 +349,13 @@ class CommandHandler:
         return errors
 
     def _decode(self, delivery: Delivery) -> ProvisionDatabase:
+        if delivery.unreadable or delivery.size > self._max_bytes:
+            # Properties the frame layer could not read make the whole message suspect, and
+            # a body over the limit is not read at all (often only its head was kept).
+            errors = list(delivery.unreadable)
+            if delivery.size > self._max_bytes:
+                errors.append(_too_large(delivery.size, self._max_bytes))
+            raise InvalidCommand(errors)
         content_type = (delivery.content_type or "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES:
             raise InvalidCommand(
@@ -325,16 +372,42 @@ class CommandHandler:
     async def _reject(
         self, delivery: Delivery, errors: list[FieldError], producer: str | None
     ) -> None:
-        peek = _peek(delivery.body, self._max_bytes)
+        oversized = delivery.size > self._max_bytes
+        peek = (
+            _Peek(request_id_in_prefix(delivery.body))
+            if oversized
+            else _peek(delivery.body, self._max_bytes)
+        )
         log.info(
             "command_rejected", request_id=peek.request_id, producer=producer, errors=len(errors)
         )
         event = self._factory.rejected(
             delivery.body, errors, peek.request_id, peek.metadata, producer=producer
         )
+        reason: ParkReason = (
+            "too_large"
+            if oversized
+            else "unreadable_properties"
+            if delivery.unreadable
+            else "invalid"
+        )
+        # An oversized command is parked as a small record of it, never whole.
+        parked = (
+            _oversized_record(delivery, errors, peek.request_id, producer)
+            if oversized
+            else delivery
+        )
         # Park first: if the event publish fails the redelivery parks again (harmless),
         # whereas the other order could announce a rejection whose message is lost.
-        await self._work.park(delivery, errors, producer)
+        try:
+            await self._work.park(parked, errors, producer)
+        except ParkingFull:
+            # The parking queue is at its bound: the broker keeps what it holds, and this
+            # message goes no further than the rejected event (which says why) and a metric.
+            log.warning("parking_queue_full", request_id=peek.request_id, producer=producer)
+            reason = "parking_full"
+        if self._on_parked is not None:
+            self._on_parked(reason)
         # A copy goes to reply_to only where the producer's policy allows replies to go, so
         # a refused command cannot steer even its rejection into someone else's queue.
         reply_to = delivery.reply_to

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from msgspec import Struct
 
@@ -19,7 +19,15 @@ from contracts.errors import FieldError
 from contracts.events import Event
 from service.provisioning.messages import WatchState
 
-__all__ = ["ClusterApi", "Delivery", "EventBus", "WorkQueues"]
+__all__ = ["ClusterApi", "Delivery", "EventBus", "ParkReason", "ParkingFull", "WorkQueues"]
+
+ParkReason = Literal["invalid", "too_large", "unreadable_properties", "parking_full"]
+"""Why a command went to the parking queue (``parking_full``: it could not, and was dropped
+after its ``rejected`` event)."""
+
+
+class ParkingFull(Exception):
+    """The parking queue is at its bound and the broker refused the message."""
 
 
 class ClusterApi(Protocol):
@@ -46,6 +54,16 @@ class Delivery(Struct, kw_only=True):
     user_id: str | None = None  # the publisher's RabbitMQ user, checked by the broker
     app_id: str | None = None
     redelivered: bool = False
+    # What the frame layer could not hand on: properties it could not read (the command is
+    # refused for them), and the size of a body larger than it reads whole (``body`` is then
+    # only its first bytes).
+    unreadable: list[FieldError] = []
+    truncated_from: int | None = None
+
+    @property
+    def size(self) -> int:
+        """How many bytes the producer sent as the body."""
+        return len(self.body) if self.truncated_from is None else self.truncated_from
 
 
 class EventBus(Protocol):
@@ -71,5 +89,6 @@ class WorkQueues(Protocol):
         self, delivery: Delivery, errors: list[FieldError], producer: str | None
     ) -> None:
         """Move a bad command to the parking queue with its reasons in the headers (and the
-        producer that sent it, when known)."""
+        producer that sent it, when known); raises ``ParkingFull`` when the queue is at its
+        bound."""
         ...

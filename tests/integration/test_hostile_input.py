@@ -38,6 +38,7 @@ from contracts.events import ConnectionReady, Failed, Rejected, decode_event
 from service.app import Service
 from service.broker.topology import message_count
 from service.observability import configure_logging
+from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
 from service.simulator import SimulatorConfig
 from tests.fixtures.broker import EventRecorder, user_of
 from tests.fixtures.simulator import SimulatorFactory
@@ -174,7 +175,13 @@ class Tally:
         batch, index = where
         self.parked[batch][index] += 1
         case = self.corpus[index]
-        if hashlib.sha256(message.body).digest() != self.digests[index]:
+        if len(case.body) > LIMIT:
+            # Over the limit: parked as a small record of the command, never whole.
+            if message.content_type != OVERSIZED_CONTENT_TYPE or len(message.body) > 4096:
+                self._problem(f"{case.label}: parked whole, not as a record")
+            elif msgspec.json.decode(message.body)["size"] != len(case.body):
+                self._problem(f"{case.label}: the parked record has the wrong size")
+        elif hashlib.sha256(message.body).digest() != self.digests[index]:
             self._problem(f"{case.label}: parked body differs from what was published")
         headers = message.headers or {}
         reason = headers.get(REJECTION_HEADER)
@@ -184,7 +191,7 @@ class Tally:
             errors = []  # a truncated reason is not JSON; it still must be there
         if not reason or (errors and not all(e.path and e.message for e in errors)):
             self._problem(f"{case.label}: parked without a readable {REJECTION_HEADER}")
-        if message.content_type != case.content_type:
+        if message.content_type != case.content_type and len(case.body) <= LIMIT:
             self._problem(f"{case.label}: parked with content type {message.content_type!r}")
         self.changed.set()
 
@@ -355,7 +362,7 @@ def padded(body: bytes, size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
-async def test_default_limit_parks_a_command_over_1_mib_unread_and_takes_one_at_the_limit(
+async def test_default_limit_parks_a_record_of_a_command_over_1_mib_and_takes_one_at_the_limit(
     amqp_url: str,
     amqp: AbstractRobustConnection,
     events: EventRecorder,
@@ -381,11 +388,18 @@ async def test_default_limit_parks_a_command_over_1_mib_unread_and_takes_one_at_
     assert isinstance(rejected, Rejected)
     expected = [FieldError("$", f"message is {len(over)} bytes; the limit is {DEFAULT_LIMIT}")]
     assert rejected.data.errors == expected
-    assert rejected.data.request_id is None  # not even peeked at: the body is never read
+    # Only the first bytes are read: enough for the request_id, never the whole command.
+    assert rejected.data.request_id == "too-big"
     assert isinstance(final(seen, "just-fits"), ConnectionReady)
     parked = await get_all(amqp, "provisioner.rejected")
     assert [m.correlation_id for m in parked] == ["over"]
-    assert parked[0].body == over  # untouched
+    assert parked[0].content_type == OVERSIZED_CONTENT_TYPE
+    record = msgspec.json.decode(parked[0].body)
+    assert record["size"] == len(over)
+    assert record["request_id"] == "too-big"
+    assert record["content_type"] == "application/json"
+    assert over.decode().startswith(record["head"])
+    assert record["reason"] == str(expected[0])
     reason = str((parked[0].headers or {})[REJECTION_HEADER])
     assert msgspec.json.decode(reason.encode(), type=list[FieldError]) == expected
     assert sim.stats().count(CREATE) == 1  # the one at the limit

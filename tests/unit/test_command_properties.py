@@ -39,7 +39,13 @@ from contracts.digitalocean import (
     StorageAutoscale,
     UserSettings,
 )
-from contracts.rules import NO_USER_MANAGEMENT, NODE_COUNTS, READ_ONLY_FIELDS, USER_SETTING_ENGINES
+from contracts.rules import (
+    NO_USER_MANAGEMENT,
+    NODE_COUNTS,
+    READ_ONLY_FIELDS,
+    USER_SETTING_ENGINES,
+    unsafe_character,
+)
 
 # deadline=None: a CI machine with two cores and a broker beside it has no stable timing,
 # and timing is not what these properties are about. The example counts keep the module
@@ -53,14 +59,18 @@ settings.register_profile(
 PROPERTIES = settings.get_profile("contracts")
 
 CREATABLE = sorted(set(ENGINES) - {"redis"})
-CONTROL = [chr(i) for i in range(0x20)] + ["\x7f"]
+# Controls, bidirectional and zero-width characters: never in a request_id, name or tag.
+UNSAFE = [chr(i) for i in range(0x10000) if unsafe_character(chr(i)) is not None]
 
 # The root-level messages decode_command gives when there is no field to point at.
 ROOT_MESSAGES = ("invalid JSON", "invalid UTF-8", "JSON is nested too deeply", "message is ")
 
 words = st.text(min_size=1, max_size=12)
+names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters=UNSAFE), min_size=1, max_size=12
+)
 request_ids = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters=CONTROL),
+    alphabet=st.characters(codec="utf-8", exclude_characters=UNSAFE),
     min_size=1,
     max_size=128,
 )
@@ -138,7 +148,7 @@ def users_for(draw: st.DrawFn, engine: str) -> list[DatabaseUserCreate]:
     """Users with unique names and only the settings ``engine`` takes."""
     allowed = [s for s, engines in USER_SETTING_ENGINES.items() if engine in engines]
     users = []
-    for name in draw(st.lists(words, unique=True, max_size=3)):
+    for name in draw(st.lists(names, unique=True, max_size=3)):
         chosen = {
             setting: draw(user_setting_values[setting])
             for setting in allowed
@@ -165,14 +175,14 @@ def clusters(draw: st.DrawFn) -> DatabaseClusterCreate:
     num_nodes = draw(st.sampled_from(counts) if counts else st.integers(1, 64))
     managed = engine not in NO_USER_MANAGEMENT
     return DatabaseClusterCreate(
-        name=draw(words),
+        name=draw(names),
         engine=engine,
         num_nodes=num_nodes,
         size=draw(words),
         region=draw(words),
         version=draw(optional(words)),
         private_network_uuid=draw(optional(uuid_or_empty)),
-        tags=draw(optional(st.lists(words, max_size=3))),
+        tags=draw(optional(st.lists(names, max_size=3))),
         project_id=draw(optional(st.uuids().map(str))),
         rules=draw(optional(st.lists(firewall_rules, max_size=3))),
         storage_size_mib=draw(optional(st.integers(0, 10_000_000))),
@@ -181,7 +191,7 @@ def clusters(draw: st.DrawFn) -> DatabaseClusterCreate:
         backup_restore=draw(optional(backups)) if managed else None,
         users=draw(optional(users_for(engine))) if managed else None,
         db_names=(
-            draw(optional(st.lists(words.filter(str.strip), unique=True, max_size=3)))
+            draw(optional(st.lists(names.filter(str.strip), unique=True, max_size=3)))
             if managed
             else None
         ),
@@ -192,9 +202,7 @@ commands = st.builds(
     ProvisionDatabase,
     request_id=request_ids,
     cluster=clusters(),
-    metadata=optional(
-        st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=4)
-    ),
+    metadata=optional(st.dictionaries(names, st.text(max_size=40), max_size=4)),
     timeout_s=optional(st.integers(1, 7 * 24 * 3600)),
 )
 

@@ -290,7 +290,7 @@ def test_read_only_user_password_value_is_never_echoed() -> None:
         ("request_id", 5, "$.request_id", "Expected `str`, got `int`"),
         ("request_id", "", "$.request_id", "length >= 1"),
         ("request_id", "r" * 129, "$.request_id", "length <= 128"),
-        ("request_id", "a\x01b", "$.request_id", "must not contain control characters"),
+        ("request_id", "a\x01b", "$.request_id", "must not contain control, bidirectional"),
         ("cluster", [], "$.cluster", "Expected `object`, got `array`"),
         ("cluster.num_nodes", "3", "$.cluster.num_nodes", "Expected `int`, got `str`"),
         ("cluster.num_nodes", 3.0, "$.cluster.num_nodes", "Expected `int`, got `float`"),
@@ -421,7 +421,72 @@ def test_invalid_command_message_shows_the_first_errors_and_counts_the_rest() ->
 def test_request_id_with_a_control_character_is_refused(request_id: str) -> None:
     error = only_error(encode(put(valid(), "request_id", request_id)))
     assert error.path == "$.request_id"
-    assert "control characters" in error.message
+    assert "control, bidirectional or zero-width characters" in error.message
+
+
+@pytest.mark.parametrize(
+    "character",
+    [
+        "\u202e",
+        "\u202a",
+        "\u2066",
+        "\u200f",
+        "\u061c",
+        "\u200b",
+        "\u200d",
+        "\u2060",
+        "\ufeff",
+        "\x85",
+    ],
+)
+def test_request_id_with_a_bidirectional_or_invisible_character_is_refused(
+    character: str,
+) -> None:
+    error = only_error(encode(put(valid(), "request_id", f"orders{character}db")))
+    assert error.path == "$.request_id"
+    assert "bidirectional or zero-width" in error.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("cluster.name", "orders\u202edb", "$.cluster.name"),
+        ("cluster.tags", ["team", "a\u200bb"], "$.cluster.tags[1]"),
+        ("cluster.users", [{"name": "app\u2066"}], "$.cluster.users[0].name"),
+        ("cluster.db_names", ["ok", "ledger\u200d"], "$.cluster.db_names[1]"),
+        ("metadata", {"tic\u202eket": "x"}, "$.metadata"),
+    ],
+)
+def test_names_and_tags_with_invisible_or_reordering_characters_are_refused(
+    field: str, value: object, path: str
+) -> None:
+    errors = errors_of(encode(put(valid(), field, value)))
+    found = [e for e in errors if e.path.startswith(path)]
+    assert found, errors
+    assert all("bidirectional or zero-width" in e.message for e in found)
+
+
+@pytest.mark.parametrize(
+    ("document", "paths"),
+    [
+        (
+            b'{"request_id": "a", "request_id": "b", "cluster": {}}',
+            ["$.request_id"],
+        ),
+        (
+            b'{"request_id": "a", "cluster": {"name": "x", "engine": "pg", "name": "y"}}',
+            ["$.cluster.name"],
+        ),
+        (
+            b'{"request_id": "a", "cluster": {"users": [{"name": "u", "name": "v"}]}}',
+            ["$.cluster.users[0].name"],
+        ),
+    ],
+)
+def test_duplicate_keys_are_a_field_error(document: bytes, paths: list[str]) -> None:
+    errors = errors_of(document)
+    duplicates = [e.path for e in errors if e.message.startswith("duplicate key")]
+    assert duplicates == paths
 
 
 def test_service_cname_with_a_trailing_newline_is_refused() -> None:

@@ -235,6 +235,16 @@ def test_provisioner_metrics_expose_every_named_family_with_prefix() -> None:
         "provisioner_clusters_time_to_online_seconds": "histogram",
         "provisioner_event_publish_seconds": "histogram",
         "provisioner_events_published_total": "counter",
+        "provisioner_handler_crashes_total": "counter",
+        "provisioner_messages_parked_total": "counter",
+        "provisioner_messages_dead_lettered_total": "counter",
+        "provisioner_undecodable_messages_total": "counter",
+        "provisioner_producer_headers_dropped_total": "counter",
+        "provisioner_broker_connection_drops_total": "counter",
+        "provisioner_broker_reconnects_total": "counter",
+        "provisioner_queue_messages": "gauge",
+        "provisioner_queue_max_messages": "gauge",
+        "provisioner_queue_max_bytes": "gauge",
     }
     # Every outcome is there from the start, so rate() works before the first failure.
     commands = families["provisioner_commands_total"]
@@ -300,3 +310,56 @@ def test_unknown_command_outcome_is_refused_rather_than_a_new_series() -> None:
     metrics = ProvisionerMetrics()
     with pytest.raises(ValueError, match="unknown command outcome"):
         metrics.count_command("exploded")  # type: ignore[arg-type]
+
+
+def test_robustness_series_are_there_from_the_start_and_count() -> None:
+    metrics = ProvisionerMetrics()
+    families = parse(metrics.render())
+    # rate() and alerts work before the first crash or park.
+    for consumer in ("commands", "watches"):
+        assert (
+            families["provisioner_handler_crashes_total"].value(
+                "provisioner_handler_crashes_total", consumer=consumer
+            )
+            == 0
+        )
+    for reason in ("invalid", "too_large", "unreadable_properties", "parking_full"):
+        assert (
+            families["provisioner_messages_parked_total"].value(
+                "provisioner_messages_parked_total", reason=reason
+            )
+            == 0
+        )
+    metrics.count_parked("too_large")
+    metrics.count_handler_crash("watches")
+    metrics.count_dead_lettered("provisioner.requests", "delivery_limit")
+    metrics.count_undecodable("commands")
+    metrics.count_connection_drop()
+    metrics.count_reconnect()
+    metrics.count_headers_dropped(3)
+    metrics.set_queue_bounds("provisioner.rejected", 100, 2048)
+    metrics.set_queue_messages("provisioner.rejected", 7)
+    families = parse(metrics.render())
+
+    def value(name: str, **labels: str) -> float:
+        return families[name].value(name, **labels)
+
+    assert value("provisioner_messages_parked_total", reason="too_large") == 1
+    assert value("provisioner_handler_crashes_total", consumer="watches") == 1
+    assert (
+        value(
+            "provisioner_messages_dead_lettered_total",
+            queue="provisioner.requests",
+            reason="delivery_limit",
+        )
+        == 1
+    )
+    assert value("provisioner_undecodable_messages_total", consumer="commands") == 1
+    assert value("provisioner_broker_connection_drops_total") == 1
+    assert value("provisioner_broker_reconnects_total") == 1
+    assert value("provisioner_producer_headers_dropped_total") == 3
+    assert value("provisioner_queue_max_messages", queue="provisioner.rejected") == 100
+    assert value("provisioner_queue_max_bytes", queue="provisioner.rejected") == 2048
+    assert value("provisioner_queue_messages", queue="provisioner.rejected") == 7
+    with pytest.raises(ValueError, match="unknown park reason"):
+        metrics.count_parked("lost")  # type: ignore[arg-type]

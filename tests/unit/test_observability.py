@@ -13,9 +13,14 @@ import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
+import aio_pika
+import msgspec
 import pytest
 import structlog
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
 
 from contracts.digitalocean import DatabaseConnection, DatabaseUser
 from service import observability
@@ -455,3 +460,43 @@ def test_a_line_that_cannot_be_written_never_fails_the_caller() -> None:
     stream.close()
     structlog.get_logger("service.test").info("lost")  # no exception, as with logging
     logging.getLogger("aiohttp.client").info("lost too")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['pa"ss\\wörd-' + "x" * 8, "tab\there\u00e9\u2603" + "y" * 6, "space and+plus/" + "z" * 6],
+)
+def test_registered_secret_is_scrubbed_json_escaped_and_percent_encoded(value: str) -> None:
+    register_secret(value)
+    forms = {
+        json.dumps(value)[1:-1],  # \" \\ \u00e9
+        json.dumps(value, ensure_ascii=False)[1:-1],  # \" \\ and é as is
+        msgspec.json.encode(value).decode()[1:-1],
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+    }
+    for form in forms:
+        out = scrub_text(f'body {{"password_hint": "{form}"}} end')
+        assert form not in out, form
+        assert "***" in out
+
+
+def test_library_frames_are_logged_without_their_bodies_at_any_level() -> None:
+    # aiormq logs each frame it sends and receives at DEBUG: a connection_ready body is one.
+    body = b'{"data": {"users": [{"name": "app", "password": "' + b"q" * 20 + b'"}]}}'
+    stream = io.StringIO()
+    configure_logging("json", "DEBUG", stream=stream)
+    logging.getLogger("aiormq.connection").debug(
+        "Prepare to send %r", ChannelFrame(payload=b"\x03\x00\x01" + body, should_close=False)
+    )
+    logging.getLogger("aiormq.connection").debug(
+        "Received frame %r in channel #%d", ContentBody(body), 1
+    )
+    logging.getLogger("aiormq.channel").error("Got frame for closed channel %d: %r", 1, body)
+    logging.getLogger("aio_pika.queue").warning("returned %r", aio_pika.Message(body))
+    text = stream.getvalue()
+    assert len(lines_of(stream)) == 4
+    assert "q" * 20 not in text
+    assert "password" not in text
+    assert f"<ContentBody of {len(body)} bytes>" in text
+    assert f"<{len(body)} bytes>" in text
