@@ -22,7 +22,7 @@ from typing import Any, Final
 import aio_pika
 import msgspec
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from contracts import new_keypair, open_sealed_secrets
@@ -434,7 +434,11 @@ async def genuine_direct_reply_name(url: str) -> str:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True)
         replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
-        await replies.consume(lambda message: asyncio.sleep(0), no_ack=True)
+
+        async def ignore(message: AbstractIncomingMessage) -> None:
+            return None
+
+        await replies.consume(ignore, no_ack=True)
         await channel.default_exchange.publish(
             aio_pika.Message(b"x", reply_to=DIRECT_REPLY_TO), queue.name
         )
