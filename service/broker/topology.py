@@ -34,6 +34,9 @@ PARKING_MAX_MESSAGES: Final = 100_000
 PARKING_MAX_BYTES: Final = 256 * 1024 * 1024
 DEAD_LETTER_MAX_MESSAGES: Final = 10_000
 DEAD_LETTER_MAX_BYTES: Final = 256 * 1024 * 1024
+# Members of a quorum queue: three survive the loss of one node (a majority of 3 is 2).
+QUORUM_GROUP_SIZE: Final = 3
+GROUP_SIZE: Final = "x-quorum-initial-group-size"
 
 
 class DeclaredQueue(Struct, frozen=True):
@@ -62,6 +65,9 @@ class Topology(Struct, frozen=True, kw_only=True):
     parking_max_bytes: int = PARKING_MAX_BYTES
     dead_letter_max_messages: int = DEAD_LETTER_MAX_MESSAGES
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    quorum_group_size: int = QUORUM_GROUP_SIZE
+    """Members of each quorum queue when it is first declared (RabbitMQ caps it at the
+    cluster's size; a queue that exists keeps its members)."""
 
     @classmethod
     def prefixed(cls, prefix: str, **delays: Any) -> Topology:
@@ -98,6 +104,7 @@ class Topology(Struct, frozen=True, kw_only=True):
         """Every queue of the topology with its arguments."""
         quorum = {
             "x-queue-type": "quorum",
+            GROUP_SIZE: self.quorum_group_size,
             # at-least-once dead lettering needs reject-publish overflow (RabbitMQ 3.10+).
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
@@ -112,14 +119,18 @@ class Topology(Struct, frozen=True, kw_only=True):
             DeclaredQueue(self.watch_queue, limited, "clusters being followed"),
             DeclaredQueue(
                 self.rejected_queue,
-                _bounded(self.parking_max_messages, self.parking_max_bytes),
+                _bounded(self.parking_max_messages, self.parking_max_bytes, self.quorum_group_size),
                 "parked bad commands",
             ),
             DeclaredQueue(
                 self.dead_letter_queue,
                 # At its bound the sources keep what they dead-letter (at-least-once) until
                 # there is room again.
-                _bounded(self.dead_letter_max_messages, self.dead_letter_max_bytes),
+                _bounded(
+                    self.dead_letter_max_messages,
+                    self.dead_letter_max_bytes,
+                    self.quorum_group_size,
+                ),
                 "messages that exhausted their deliveries",
             ),
             DeclaredQueue(
@@ -139,9 +150,10 @@ class Topology(Struct, frozen=True, kw_only=True):
         return queues
 
 
-def _bounded(messages: int, size: int) -> dict[str, Any]:
+def _bounded(messages: int, size: int, group_size: int) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
+        GROUP_SIZE: group_size,
         "x-max-length": messages,
         "x-max-length-bytes": size,
         "x-overflow": "reject-publish",
@@ -187,7 +199,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     lines.append(f"exchange {topology.dead_letter_exchange} (fanout)")
     for queue in topology.queues():
         try:
-            await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+            note = await _declare_queue(channel, queue)
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             if bounds(queue) is None:
                 raise
@@ -198,7 +210,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
             log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])
             lines.append(f"queue {queue.name}: {queue.purpose} (exists without bounds; kept)")
             continue
-        lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}")
+        lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}{note}")
     await _bind(channel, topology.requests_queue, commands, [topology.command_routing_key])
     lines.append(
         f"binding {topology.commands_exchange} -[{topology.command_routing_key}]-> "
@@ -207,6 +219,23 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     await _bind(channel, topology.dead_letter_queue, dlx, [""])
     lines.append(f"binding {topology.dead_letter_exchange} -> {topology.dead_letter_queue}")
     return lines
+
+
+async def _declare_queue(channel: AbstractChannel, queue: DeclaredQueue) -> str:
+    """Declare one queue; a queue made before its group size was declared (a queue's
+    arguments cannot change) is declared again without it, every other argument still
+    checked: its members stay what they are (``rabbitmq-queues grow`` adds some)."""
+    try:
+        await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        return ""
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        if GROUP_SIZE not in str(exc) or GROUP_SIZE not in queue.arguments:
+            raise
+        await channel.reopen()
+        rest = {k: v for k, v in queue.arguments.items() if k != GROUP_SIZE}
+        await channel.declare_queue(queue.name, durable=True, arguments=rest)
+        log.info("queue_group_size_kept", queue=queue.name)
+        return " (exists without a group size; its members kept)"
 
 
 async def _bind(
