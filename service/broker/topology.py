@@ -14,10 +14,10 @@ from typing import Any, Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from msgspec import Struct
 
-__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "message_count"]
+__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "declare_queue", "message_count"]
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +37,10 @@ DEAD_LETTER_MAX_BYTES: Final = 256 * 1024 * 1024
 # Members of a quorum queue: three survive the loss of one node (a majority of 3 is 2).
 QUORUM_GROUP_SIZE: Final = 3
 GROUP_SIZE: Final = "x-quorum-initial-group-size"
+SINGLE_ACTIVE: Final = "x-single-active-consumer"
+# Arguments a queue made by an earlier version may lack (docs/reliability.md says what that
+# costs and how to recreate the queue).
+ADDED_LATER: Final = (GROUP_SIZE, SINGLE_ACTIVE)
 
 
 class DeclaredQueue(Struct, frozen=True):
@@ -116,7 +120,11 @@ class Topology(Struct, frozen=True, kw_only=True):
         }
         queues = [
             DeclaredQueue(self.requests_queue, limited, "commands to handle"),
-            DeclaredQueue(self.watch_queue, limited, "clusters being followed"),
+            # One replica at a time follows every cluster (the others stand by and take over
+            # when it goes): one list call per poll interval for the fleet, not per replica.
+            DeclaredQueue(
+                self.watch_queue, {**limited, SINGLE_ACTIVE: True}, "clusters being followed"
+            ),
             DeclaredQueue(
                 self.rejected_queue,
                 _bounded(self.parking_max_messages, self.parking_max_bytes, self.quorum_group_size),
@@ -199,7 +207,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     lines.append(f"exchange {topology.dead_letter_exchange} (fanout)")
     for queue in topology.queues():
         try:
-            note = await _declare_queue(channel, queue)
+            _, kept = await declare_queue(channel, queue)
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             if bounds(queue) is None:
                 raise
@@ -210,6 +218,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
             log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])
             lines.append(f"queue {queue.name}: {queue.purpose} (exists without bounds; kept)")
             continue
+        note = f" (exists without {', '.join(kept)}; kept as it is)" if kept else ""
         lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}{note}")
     await _bind(channel, topology.requests_queue, commands, [topology.command_routing_key])
     lines.append(
@@ -221,21 +230,28 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     return lines
 
 
-async def _declare_queue(channel: AbstractChannel, queue: DeclaredQueue) -> str:
-    """Declare one queue; a queue made before its group size was declared (a queue's
-    arguments cannot change) is declared again without it, every other argument still
-    checked: its members stay what they are (``rabbitmq-queues grow`` adds some)."""
-    try:
-        await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
-        return ""
-    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-        if GROUP_SIZE not in str(exc) or GROUP_SIZE not in queue.arguments:
-            raise
-        await channel.reopen()
-        rest = {k: v for k, v in queue.arguments.items() if k != GROUP_SIZE}
-        await channel.declare_queue(queue.name, durable=True, arguments=rest)
-        log.info("queue_group_size_kept", queue=queue.name)
-        return " (exists without a group size; its members kept)"
+async def declare_queue(
+    channel: AbstractChannel, queue: DeclaredQueue
+) -> tuple[AbstractQueue, list[str]]:
+    """Declare one queue; the queue, and the arguments it had to do without. A queue's
+    arguments cannot change: one made by a version that did not declare the group size or
+    single active consumer is declared again without them (every other argument still
+    checked) and used as it is (docs/reliability.md: what that costs, how to recreate it).
+    The channel may have been reopened on the way (its prefetch with it)."""
+    arguments = dict(queue.arguments)
+    kept: list[str] = []
+    while True:
+        try:
+            declared = await channel.declare_queue(queue.name, durable=True, arguments=arguments)
+            return declared, kept
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            missing = [k for k in ADDED_LATER if k in arguments and k in str(exc)]
+            if not missing:
+                raise
+            await channel.reopen()
+            del arguments[missing[0]]
+            kept.append(missing[0])
+            log.warning("queue_argument_not_applied", queue=queue.name, argument=missing[0])
 
 
 async def _bind(
