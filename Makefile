@@ -16,7 +16,7 @@ BUILD_LOCK := requirements/build.txt
 LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker node chaos bench \
+.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker node chaos chaos-cluster bench \
 	bench-quick image image-test clean
 
 # A new virtualenv each time the locks change, so nothing outside them stays installed.
@@ -84,6 +84,11 @@ test-latest: broker
 # reduced one.
 chaos: $(INSTALLED) broker
 	$(BIN)/python -m tests.chaos.run --requests 300
+
+# The same on a three-node RabbitMQ cluster of its own (nodes killed in turn, leaders moved);
+# `make test` runs a reduced one.
+chaos-cluster: $(INSTALLED) broker
+	$(BIN)/python -m tests.chaos.run --cluster --requests 300 --replicas 3
 
 # Every benchmark at full size, then at --quick size; each prints a JSON line last.
 bench: $(INSTALLED) broker
