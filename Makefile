@@ -92,10 +92,10 @@ chaos-cluster: $(INSTALLED) broker
 
 # Every benchmark at full size, then at --quick size; each prints a JSON line last.
 bench: $(INSTALLED) broker
-	for b in api_economy throughput memory latency watch_cost flood; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in api_economy throughput memory latency watch_cost flood scale; do $(BIN)/python -m bench.$$b || exit 1; done
 
 bench-quick: $(INSTALLED) broker
-	for b in api_economy throughput memory latency watch_cost flood; do $(BIN)/python -m bench.$$b --quick || exit 1; done
+	for b in api_economy throughput memory latency watch_cost flood scale; do $(BIN)/python -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis $(IMAGE_ID)
