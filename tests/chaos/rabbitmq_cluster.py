@@ -21,11 +21,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 from urllib.parse import quote
 
 from tests.chaos.rabbitmq_node import NodeError, RabbitNode, free_port
 
-__all__ = ["RabbitCluster", "cluster"]
+__all__ = ["ADVANCED_CONFIG", "RabbitCluster", "cluster"]
+
+# What docs/reliability.md recommends for a cluster: a quorum queue's at-least-once
+# dead-letter worker sends again what its target did not confirm after this long (RabbitMQ's
+# default, 180 s, held watches in a delay queue for minutes after the target's leader died).
+ADVANCED_CONFIG: Final = "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n"
 
 
 class RabbitCluster:
@@ -42,6 +48,7 @@ class RabbitCluster:
                 name=f"provisioner-c{tag}-{i}@localhost",
                 epmd_port=self.epmd_port,
                 cookie=cookie,
+                advanced=ADVANCED_CONFIG,
             )
             for i in range(1, size + 1)
         ]

@@ -95,9 +95,11 @@ class RabbitNode:
         name: str | None = None,
         epmd_port: int | None = None,
         cookie: str | None = None,
+        advanced: str | None = None,
     ) -> None:
         """``name``, ``epmd_port`` and ``cookie`` are for the nodes of a cluster
-        (``tests.chaos.rabbitmq_cluster``), which must share an epmd and a cookie."""
+        (``tests.chaos.rabbitmq_cluster``), which must share an epmd and a cookie;
+        ``advanced`` is the text of an ``advanced.config`` (Erlang terms)."""
         script = server_script()
         if script is None:
             raise NodeError("rabbitmq-server is not installed (`make broker` installs it)")
@@ -119,6 +121,9 @@ class RabbitNode:
         (root / "enabled_plugins").write_text("[].\n")
         (root / "rabbitmq-env.conf").write_text("# this node ignores the system's env file\n")
         (root / "rabbitmq.conf").write_text(self._config())
+        self._advanced = advanced
+        if advanced is not None:
+            (root / "advanced.config").write_text(advanced)
 
     def _config(self) -> str:
         plain = self.tls is None or self.tls.plain_listener
@@ -180,6 +185,8 @@ class RabbitNode:
                 "ERL_EPMD_PORT": str(self.epmd_port),
             }
         )
+        if self._advanced is not None:
+            env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(root / "advanced.config")
         return env
 
     async def ctl(self, *args: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
