@@ -179,6 +179,7 @@ class Service:
         # Read before anything starts: a broken policy file stops the service at once.
         self.policy = policy if policy is not None else load_policy(settings.policy_file)
         self.metrics = metrics or ProvisionerMetrics()
+        self.metrics.watch_readiness(self.readiness)
         self.limiter = RateLimiter(
             per_minute=settings.rate_limit_per_minute,
             per_hour=settings.rate_limit_per_hour,
@@ -247,6 +248,7 @@ class Service:
             replies=self._replies,
             observer=self.metrics.observe_event_published,
             on_headers_dropped=self.metrics.count_headers_dropped,
+            on_failed=self.metrics.count_failed,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
         snapshot = (
@@ -429,6 +431,7 @@ class Service:
         self.metrics.count_command(outcome.outcome)
 
     def _count_watch(self, outcome: WatchOutcome) -> None:
+        self.metrics.count_watch_step(outcome.outcome)
         if outcome.time_to_online_s is not None:
             self.metrics.observe_time_to_online(outcome.time_to_online_s)
 

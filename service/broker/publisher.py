@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChanne
 from pamqp.commands import Basic
 
 from contracts.errors import FieldError
-from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
+from contracts.events import EVENT_CONTENT_TYPE, Event, Failed, encode_event
 from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
@@ -72,6 +72,7 @@ class RabbitPublisher:
         replies: ReplyCopies | None = None,
         observer: PublishObserver | None = None,
         on_headers_dropped: Callable[[int], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._channel = channel
         self._topology = topology
@@ -80,6 +81,7 @@ class RabbitPublisher:
         self._replies = replies
         self._observer = observer
         self._on_headers_dropped = on_headers_dropped
+        self._on_failed = on_failed
         self._events: AbstractExchange | None = None
 
     async def _events_exchange(self) -> AbstractExchange:
@@ -117,6 +119,8 @@ class RabbitPublisher:
             await self._replies.send(message, reply_to, event.data.producer)
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
+        if self._on_failed is not None and isinstance(event, Failed):
+            self._on_failed(event.data.reason)
 
     async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
         """The command again, through the delay queue for this attempt; the copy is the
