@@ -46,6 +46,7 @@ from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
 from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
+from service.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
 
@@ -471,5 +472,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"provisioner: {exc}")
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings, policy))
+    # Spans are recorded only when the OTEL_* variables ask for them (service/tracing.py).
+    tracing = configure_tracing()
+    try:
+        asyncio.run(run(settings, policy))
+    finally:
+        if tracing:
+            shutdown_tracing()
     return 0
