@@ -240,6 +240,11 @@ async def test_one_request_is_one_trace_across_a_replica_killed_before_online(
     ]
     assert {s.trace_id for s in request_spans} == {producer_trace}
 
+    # One tree: every span of the trace descends from the command's span.
+    tree = render_tree(ours, handled)
+    assert len(tree.splitlines()) == len(ours), tree
+    print(tree)
+
     # Every event carries its publish's context, in the body and in the AMQP headers.
     for event, message in zip(events.events, events.messages, strict=True):
         if getattr(event.data, "request_id", None) != request_id:
@@ -250,6 +255,32 @@ async def test_one_request_is_one_trace_across_a_replica_killed_before_online(
         assert by_id[span_id].name == "provisioner.events publish"
         assert (message.headers or {})["traceparent"] == event.traceparent
     assert any(isinstance(e, StatusChanged) for e in seen)
+
+
+def render_tree(spans: list[ReceivedSpan], root: ReceivedSpan) -> str:
+    """The spans under ``root`` as an indented text tree, children in arrival order."""
+    children: dict[str, list[ReceivedSpan]] = {}
+    for span in spans:
+        children.setdefault(span.parent_span_id, []).append(span)
+    lines: list[str] = []
+
+    def walk(span: ReceivedSpan, depth: int) -> None:
+        detail = [
+            f"{key}={span.attributes[key]}"
+            for key in (
+                "provisioner.status",
+                "messaging.rabbitmq.destination.routing_key",
+                "http.response.status_code",
+                "digitalocean.request_id",
+            )
+            if key in span.attributes and span.attributes[key] != ""
+        ]
+        lines.append(f"{'  ' * depth}{span.name} [{span.instance}] {' '.join(detail)}".rstrip())
+        for child in children.get(span.span_id, []):
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return "\n".join(lines)
 
 
 def _command_message(request_id: str, traceparent: str, user: str) -> aio_pika.Message:
