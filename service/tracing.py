@@ -42,11 +42,13 @@ __all__ = [
     "TRACER",
     "TRACE_HEADERS",
     "add_trace_ids",
+    "client_span",
     "configure_tracing",
     "context_from_headers",
     "context_from_traceparent",
     "current_trace_headers",
     "messaging_span",
+    "recording",
     "shutdown_tracing",
     "watch_step_span",
 ]
@@ -115,6 +117,33 @@ def _made_up() -> SpanContext:
     )
 
 
+# A tracer provider of either kind records nothing: without the SDK the spans are skipped
+# and only the context is passed on, which costs next to nothing per message.
+_NO_SDK: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def recording() -> bool:
+    """Whether an SDK (or any real tracer provider) is set up."""
+    return not isinstance(trace.get_tracer_provider(), _NO_SDK)
+
+
+def _passed_on(parent: otel_context.Context | None) -> Iterator[Span]:
+    """What a span is without an SDK: the context it would continue, made current; a
+    made-up one where there is none, so that what the block publishes and logs still carries
+    one trace id."""
+    span = trace.get_current_span(parent)
+    if span.get_span_context().is_valid and parent is None:
+        yield span  # already current
+        return
+    if not span.get_span_context().is_valid:
+        span = NonRecordingSpan(_made_up())
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    finally:
+        otel_context.detach(token)
+
+
 @contextmanager
 def messaging_span(
     name: str,
@@ -123,9 +152,10 @@ def messaging_span(
     parent: otel_context.Context | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
-    """A span (current inside the block), child of ``parent`` or of the current context.
-    With no SDK and no trace to continue, a made-up context stands in, so that what the
-    block publishes and logs still carries one trace id."""
+    """A span (current inside the block), child of ``parent`` or of the current context."""
+    if not recording():
+        yield from _passed_on(parent)
+        return
     with TRACER.start_as_current_span(
         name,
         context=parent,
@@ -134,15 +164,17 @@ def messaging_span(
         record_exception=True,
         set_status_on_exception=True,
     ) as span:
-        if span.get_span_context().is_valid:
-            yield span
-            return
-        stand_in = NonRecordingSpan(_made_up())
-        token = otel_context.attach(trace.set_span_in_context(stand_in))
-        try:
-            yield stand_in
-        finally:
-            otel_context.detach(token)
+        yield span
+
+
+@contextmanager
+def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
+    """A client span (an HTTP call) under the current context."""
+    if not recording():
+        yield from _passed_on(None)
+        return
+    with TRACER.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
 
 
 def watch_step_span(watch: WatchState) -> AbstractContextManager[Span]:

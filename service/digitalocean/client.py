@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import aiohttp
 import msgspec
 import structlog
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from yarl import URL
 
 from contracts.digitalocean import (
@@ -53,7 +53,7 @@ from service.digitalocean.errors import (
 )
 from service.digitalocean.ratelimit import RateLimiter, RateLimitTimeout
 from service.digitalocean.retry import RetryPolicy
-from service.tracing import TRACER
+from service.tracing import client_span
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -661,10 +661,9 @@ class DigitalOceanClient:
     ) -> _Reply:
         """One HTTP attempt as a client span of the current trace (the rate limiter's wait
         included), with DigitalOcean's ``x-request-id`` on it."""
-        with TRACER.start_as_current_span(
+        with client_span(
             f"{method} {operation}",
-            kind=SpanKind.CLIENT,
-            attributes={
+            {
                 "http.request.method": method,
                 "server.address": self._server,
                 "url.path": path.split("?", 1)[0],
