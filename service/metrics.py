@@ -101,18 +101,25 @@ class Bounded(Generic[_M]):
     def __init__(self, metric: _M, max_series: int) -> None:
         self.metric: _M = metric
         self.max_series = max_series
-        self._seen: set[tuple[str, ...]] = set()
+        # The children by label values (the client's own lookup takes a lock and builds
+        # its key each time; this is one dict read on the hot path).
+        self._children: dict[tuple[str, ...], _M] = {}
         self._lock = threading.Lock()
 
     def labels(self, *values: str) -> _M:
         """The child of ``values`` (or of the overflow series past the bound)."""
-        if values not in self._seen:
-            with self._lock:
-                if values not in self._seen:
-                    if len(self._seen) >= self.max_series:
-                        values = (OVERFLOW_LABEL,) * len(values)
-                    self._seen.add(values)
-        return self.metric.labels(*values)
+        child = self._children.get(values)
+        if child is not None:
+            return child
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                if len(self._children) >= self.max_series:
+                    child = self.metric.labels(*((OVERFLOW_LABEL,) * len(values)))
+                    # Not remembered: the bound counts label sets, not lookups.
+                    return child
+                child = self._children[values] = self.metric.labels(*values)
+        return child
 
 
 class _Readiness(Collector):
@@ -152,11 +159,14 @@ class ProvisionerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.commands = Counter(
-            "provisioner_commands",
-            "Commands handled, by what became of them.",
-            ["outcome"],
-            registry=r,
+        self.commands = Bounded(
+            Counter(
+                "provisioner_commands",
+                "Commands handled, by what became of them.",
+                ["outcome"],
+                registry=r,
+            ),
+            max_series=len(_COMMAND_OUTCOMES),
         )
         for outcome in _COMMAND_OUTCOMES:
             self.commands.labels(outcome)
@@ -194,20 +204,26 @@ class ProvisionerMetrics:
             "Cluster watches this process is handling now.",
             registry=r,
         )
-        self.watch_steps = Counter(
-            "provisioner_watch_steps",
-            "Watch steps this process ran, by what they ended in (waiting: sent back to wait).",
-            ["outcome"],
-            registry=r,
+        self.watch_steps = Bounded(
+            Counter(
+                "provisioner_watch_steps",
+                "Watch steps this process ran, by what they ended in (waiting: sent back to wait).",
+                ["outcome"],
+                registry=r,
+            ),
+            max_series=len(_WATCH_STEPS),
         )
         for step in _WATCH_STEPS:
             self.watch_steps.labels(step)
-        self.requests_failed = Counter(
-            "provisioner_requests_failed",
-            "Requests that ended in a failed event, by its reason (timeout: the cluster was "
-            "not online before the request's deadline).",
-            ["reason"],
-            registry=r,
+        self.requests_failed = Bounded(
+            Counter(
+                "provisioner_requests_failed",
+                "Requests that ended in a failed event, by its reason (timeout: the cluster was "
+                "not online before the request's deadline).",
+                ["reason"],
+                registry=r,
+            ),
+            max_series=len(_FAILURE_REASONS),
         )
         for reason in _FAILURE_REASONS:
             self.requests_failed.labels(reason)
@@ -322,19 +338,25 @@ class ProvisionerMetrics:
 
     def _register_robustness(self, r: CollectorRegistry) -> None:
         """What shows a hostile or broken message, a lost broker and the bounded queues."""
-        self.handler_crashes = Counter(
-            "provisioner_handler_crashes",
-            "Handler runs that raised; their messages went back to the queue (whose "
-            "delivery limit dead-letters a message that keeps failing), by consumer.",
-            ["consumer"],
-            registry=r,
+        self.handler_crashes = Bounded(
+            Counter(
+                "provisioner_handler_crashes",
+                "Handler runs that raised; their messages went back to the queue (whose "
+                "delivery limit dead-letters a message that keeps failing), by consumer.",
+                ["consumer"],
+                registry=r,
+            ),
+            max_series=len(_CONSUMERS),
         )
-        self.messages_parked = Counter(
-            "provisioner_messages_parked",
-            "Bad commands moved to the parking queue, by why; parking_full counts those "
-            "the queue refused at its bound (dropped after their rejected event).",
-            ["reason"],
-            registry=r,
+        self.messages_parked = Bounded(
+            Counter(
+                "provisioner_messages_parked",
+                "Bad commands moved to the parking queue, by why; parking_full counts those "
+                "the queue refused at its bound (dropped after their rejected event).",
+                ["reason"],
+                registry=r,
+            ),
+            max_series=len(_PARK_REASONS),
         )
         self.messages_dead_lettered = Bounded(
             Counter(
@@ -346,12 +368,15 @@ class ProvisionerMetrics:
             ),
             max_series=20,
         )
-        self.undecodable_messages = Counter(
-            "provisioner_undecodable_messages",
-            "Messages whose AMQP properties could not be read in full (refused and "
-            "parked or dead-lettered, never a dropped connection), by consumer.",
-            ["consumer"],
-            registry=r,
+        self.undecodable_messages = Bounded(
+            Counter(
+                "provisioner_undecodable_messages",
+                "Messages whose AMQP properties could not be read in full (refused and "
+                "parked or dead-lettered, never a dropped connection), by consumer.",
+                ["consumer"],
+                registry=r,
+            ),
+            max_series=len(_CONSUMERS),
         )
         self.producer_headers_dropped = Counter(
             "provisioner_producer_headers_dropped",
