@@ -88,6 +88,10 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     finish_attempts: int = 0
     producer: str | None = None  # the RabbitMQ user whose request this is
     recipient_public_key: str | None = None  # seal connection_ready's secrets to this key
+    # The W3C trace context of the command's span: each watch step is a span of its trace,
+    # on whichever replica it runs (service/tracing.py).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -36,6 +36,7 @@ from service.digitalocean.client import ClusterScan
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
+from service.tracing import watch_step_span
 
 __all__ = [
     "DUE_HEADER",
@@ -502,7 +503,8 @@ class WatchHandler:
             for i, watch in queue:
                 async with self._steps:
                     try:
-                        results[i] = await self._advance(watch, listed)
+                        with watch_step_span(watch):
+                            results[i] = await self._advance(watch, listed)
                     except Exception as exc:
                         results[i] = exc
 
