@@ -183,14 +183,28 @@ class RabbitCluster:
         self.partitioned.add(node.name)
 
     async def heal(self) -> None:
-        """Remove every rule :meth:`partition` made, and its chain."""
+        """Remove every rule :meth:`partition` made, and its chain (the nodes stay in
+        ``partitioned`` until :meth:`wait_rejoined` sees them back)."""
         if not self._chain_made:
             return
         await self._iptables("-F", self._chain, check=False)
         await self._iptables("-D", "INPUT", "-d", self.net, "-j", self._chain, check=False)
         await self._iptables("-X", self._chain)
         self._chain_made = False
-        self.partitioned.clear()
+
+    async def wait_rejoined(self, timeout_s: float = 120.0) -> float:
+        """After :meth:`heal`: wait until the other nodes list every node running again (a
+        node that paused in the minority starts its broker again by itself); the seconds it
+        took. Until then ``rabbitmqctl`` goes to nodes that were not cut off."""
+        began = time.monotonic()
+        while True:
+            with contextlib.suppress(NodeError):
+                if len(await self.running_nodes()) == len(self.nodes):
+                    self.partitioned.clear()
+                    return time.monotonic() - began
+            if time.monotonic() > began + timeout_s:
+                raise NodeError(f"the nodes cut off did not rejoin within {timeout_s:g} s")
+            await asyncio.sleep(0.5)
 
     # --- asking the cluster ------------------------------------------------------------
 

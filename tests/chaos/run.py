@@ -498,11 +498,10 @@ class ChaosRun:
             finally:
                 await cluster.heal()
             self.counts.partitions += 1
-            healed = time.monotonic()
             print(f"    let {victim.name} back", flush=True)
             try:
-                await self._wait_members_back()
-                self.counts.partitions_back_s.append(round(time.monotonic() - healed, 1))
+                back = await cluster.wait_rejoined()
+                self.counts.partitions_back_s.append(round(back, 1))
             except NodeError as exc:
                 self.counts.partition_failures += 1
                 print(f"partition did not heal: {exc}", file=sys.stderr, flush=True)
