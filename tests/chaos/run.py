@@ -128,11 +128,11 @@ class Schedule(Struct, frozen=True, kw_only=True):
         return len(self.actions()) * self.spacing_s
 
 
-def schedule_for(requests: int, *, cluster: bool = False) -> Schedule:
+def schedule_for(requests: int, *, cluster: bool = False, partition: bool = False) -> Schedule:
     """The reduced run (inside ``make test``) or the full one (``make chaos``); on a
     cluster (``make chaos-cluster``) broker nodes are killed too: once (the command queue's
-    leader) in the reduced run, each node in turn in the full one, with leaders moved and
-    the command queue's leader cut off from the others once."""
+    leader) in the reduced run, each node in turn in the full one, with leaders moved; with
+    ``partition``, the command queue's leader is also cut off from the others once."""
     if cluster and requests <= 100:
         return Schedule(
             kills=2,
@@ -159,7 +159,7 @@ def schedule_for(requests: int, *, cluster: bool = False) -> Schedule:
             settle_s=480.0,
             node_kills=CLUSTER_NODES,
             leader_moves=2,
-            partitions=1,
+            partitions=1 if partition else 0,
         )
     if requests <= 100:
         return Schedule(
@@ -247,7 +247,14 @@ class ChaosRun:
     """One run, from an empty virtual host to the verdict."""
 
     def __init__(
-        self, *, requests: int, replicas: int, seed: int, workdir: Path, cluster: bool = False
+        self,
+        *,
+        requests: int,
+        replicas: int,
+        seed: int,
+        workdir: Path,
+        cluster: bool = False,
+        partition: bool = False,
     ) -> None:
         self.requests = requests
         self.cluster: RabbitCluster | None = (
@@ -256,7 +263,7 @@ class ChaosRun:
         self.seed = seed
         self.workdir = workdir
         self.rng = random.Random(seed)
-        self.schedule = schedule_for(requests, cluster=cluster)
+        self.schedule = schedule_for(requests, cluster=cluster, partition=partition)
         self.run_tag = hashlib.sha256(f"{seed}:{uuid.uuid4()}".encode()).hexdigest()[:6]
         self.vhost = f"provisioner-chaos-{self.run_tag}"
         vhost_path = quote(self.vhost, safe="")
@@ -833,6 +840,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on a three-node RabbitMQ cluster of the run's own, killing nodes too",
     )
     parser.add_argument(
+        "--partition",
+        action="store_true",
+        help="with --cluster (full size): also cut the command queue's leader node off from "
+        "the others for a while (iptables, root)",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the run's directory even when it passes"
     )
     return parser
@@ -856,6 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=seed,
         workdir=workdir,
         cluster=args.cluster,
+        partition=args.partition,
     )
     try:
         verdict = asyncio.run(_until_signalled(run))

@@ -375,15 +375,15 @@ def judge(evidence: Evidence) -> Verdict:
             f"quorum leaders moved: {counts.leader_moves} (rabbitmq-upgrade drain/revive)",
         )
         if counts.partition_skipped:
-            partitions = f"partitions: 0 (skipped: {counts.partition_skipped})"
-        else:
-            partitions = (
+            figures.insert(4, f"partitions: 0 (skipped: {counts.partition_skipped})")
+        elif counts.partitions or counts.partition_failures:
+            figures.insert(
+                4,
                 f"partitions: {counts.partitions} (the command queue's leader cut off from "
                 f"the other nodes; they noticed after {_spread(counts.partitions_noticed_s)}; "
                 f"new leader after {_spread(counts.partition_elections_s)}; all nodes "
-                f"running again {_spread(counts.partitions_back_s)} after the heal)"
+                f"running again {_spread(counts.partitions_back_s)} after the heal)",
             )
-        figures.insert(4, partitions)
     return Verdict(lines=figures, failures=failures)
 
 
