@@ -42,6 +42,7 @@ from service.http import HealthServer
 from service.metrics import ProvisionerMetrics
 from service.observability import configure_logging, register_secret
 from service.provisioning.commands import CommandHandler, CommandOutcome
+from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
@@ -136,6 +137,11 @@ class SecretRegisteringApi:
 
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         return await self._client.add_database(cluster_id, name)
+
+    async def reset_auth(self, cluster_id: str, user_name: str) -> DatabaseUser:
+        user = await self._client.reset_auth(cluster_id, user_name)
+        _register_user(user)
+        return user
 
 
 def _register_user(user: DatabaseUser) -> None:
@@ -249,6 +255,9 @@ class Service:
             on_headers_dropped=self.metrics.count_headers_dropped,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
+        # Every replica derives the same key from the token: any of them opens a watch's
+        # kept passwords (docs/security.md).
+        seal = CredentialSeal(s.token)
         snapshot = (
             ClusterSnapshot(
                 self.api,
@@ -275,6 +284,7 @@ class Service:
             max_message_bytes=s.max_message_bytes,
             on_unauthorized=self._on_unauthorized,
             on_parked=self.metrics.count_parked,
+            seal=seal,
         )
         watches = WatchHandler(
             api=self.api,
@@ -285,6 +295,7 @@ class Service:
             not_found_grace_s=s.not_found_grace_s,
             finish_max_attempts=s.finish_max_attempts,
             on_unauthorized=self._on_unauthorized,
+            seal=seal,
         )
         self._commands = CommandConsumer(
             command_channel,

@@ -26,6 +26,7 @@ from contracts.digitalocean import (
     ApiErrorBody,
     CaCertificate,
     CaResponse,
+    DatabaseCluster,
     DatabaseClusterCreate,
     DatabaseClusterList,
     DatabaseClusterResponse,
@@ -105,6 +106,12 @@ class Simulator:
         return self._stats.snapshot(
             self.account.statuses(now), self.limiter.windows(_ACCOUNT_BUCKET, now)
         )
+
+    def handed_out(self) -> list[DatabaseCluster]:
+        """Every cluster with the passwords that work now: what the POST answers handed out
+        (a GET hides MongoDB's). For tests that check the credentials a client announced."""
+        now = time.monotonic()
+        return [record.to_api(now) for record in self.account]
 
     def force_status(self, cluster_id: str, status: str) -> None:
         """Pin a cluster's status (``online``, ``creating``, ``resizing``...); ``KeyError``
