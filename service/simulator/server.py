@@ -203,6 +203,8 @@ class Simulator:
         router.add_delete("/v2/databases/{id}", self._handle_delete)
         router.add_get("/v2/databases/{id}/ca", self._handle_ca)
         router.add_post("/v2/databases/{id}/users", self._handle_add_user)
+        router.add_get("/v2/databases/{id}/users", self._handle_list_users)
+        router.add_get("/v2/databases/{id}/users/{user}", self._handle_get_user)
         router.add_post("/v2/databases/{id}/dbs", self._handle_add_database)
         router.add_post("/v2/databases/{id}/users/{user}/reset_auth", self._handle_reset_auth)
         router.add_route("*", "/v2/{tail:.*}", self._handle_unknown)
@@ -360,6 +362,21 @@ class Simulator:
         if not self._reveals(cluster, post=True):
             user = hidden(user)
         return _json(201, DatabaseUserResponse(user=user))
+
+    async def _handle_list_users(self, request: web.Request) -> web.Response:
+        cluster = self.account.find(request.match_info["id"], time.monotonic(), self._config)
+        reveal = self._reveals(cluster, post=False)
+        users = [u if reveal else hidden(u) for u in cluster.users]
+        return _json(200, {"users": users})
+
+    async def _handle_get_user(self, request: web.Request) -> web.Response:
+        cluster = self.account.find(request.match_info["id"], time.monotonic(), self._config)
+        user = next((u for u in cluster.users if u.name == request.match_info["user"]), None)
+        if user is None:
+            raise ApiError(404, "not_found", "user not found")
+        if not self._reveals(cluster, post=False):
+            user = hidden(user)
+        return _json(200, DatabaseUserResponse(user=user))
 
     async def _handle_reset_auth(self, request: web.Request) -> web.Response:
         raw = await request.read()

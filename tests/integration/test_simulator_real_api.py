@@ -73,6 +73,8 @@ async def test_mongodb_passwords_are_only_in_the_answers_to_posts(
         )
         assert status == 201
         _, again, _ = await call(session, "GET", f"/v2/databases/{cluster['id']}")
+        _, users, _ = await call(session, "GET", f"/v2/databases/{cluster['id']}/users")
+        _, reader, _ = await call(session, "GET", f"/v2/databases/{cluster['id']}/users/reader")
         status, reset, _ = await call(
             session, "POST", f"/v2/databases/{cluster['id']}/users/reader/reset_auth", json={}
         )
@@ -80,6 +82,8 @@ async def test_mongodb_passwords_are_only_in_the_answers_to_posts(
     for answer in (got["database"], listed["databases"][0], again["database"]):
         assert set(passwords(answer)) == {""}
         assert answer["connection"]["uri"].startswith("mongodb+srv://doadmin@")
+    assert {u["password"] for u in users["users"]} == {""}
+    assert reader["user"]["password"] == ""
     assert added["user"]["password"].startswith("AVNS_")
     assert reset["user"]["password"].startswith("AVNS_")
     assert reset["user"]["password"] != added["user"]["password"]
