@@ -93,6 +93,10 @@ FOLLOW_FOR_S: Final = 3600.0
 FINISH_BUDGET_S: Final = 30.0
 FINISH_BACKOFF_S: Final = 0.1
 FINISH_BACKOFF_MAX_S: Final = 5.0
+# An adopted watch that lacks a password waits this many poll intervals before it resets it:
+# the command's first delivery may have sent a watch too, holding the create's answer, which
+# then announces first, and the reset's announcement comes after it and supersedes it.
+RESET_WAITS: Final = 2
 
 
 class WatchOutcome(Struct, frozen=True):
@@ -456,6 +460,14 @@ class _NoCredentials(Exception):
         )
 
 
+class _ResetLater(Exception):
+    """An adopted watch lacks a password: it comes back before resetting it (RESET_WAITS)."""
+
+    def __init__(self, kept: dict[str, str]) -> None:
+        super().__init__("reset later")
+        self.kept = kept
+
+
 class _Finished(Struct, frozen=True):
     """A finished cluster with every password in place, its CA, the passwords had from POST
     answers, and whether one came from a reset."""
@@ -707,14 +719,24 @@ class WatchHandler:
         """Create the requested users and databases, make sure of every password, fetch the
         CA, announce the details; nothing goes out before ``after`` (the event announcing
         ``online``) is confirmed."""
-        details: _Finished | _StepFailed | _NoCredentials
+        details: _Finished | _StepFailed | _NoCredentials | _ResetLater
         try:
             details = await self._details(watch, cluster)
-        except (_StepFailed, _NoCredentials) as failed:
+        except (_StepFailed, _NoCredentials, _ResetLater) as failed:
             details = failed
         finally:
             if after is not None:
                 await after
+        if isinstance(details, _ResetLater):
+            log.info("password_reset_deferred", wait=watch.reset_waits + 1)
+            return await self._again(
+                msgspec.structs.replace(
+                    watch,
+                    phase="finishing",
+                    reset_waits=watch.reset_waits + 1,
+                    kept=self._seal.seal(details.kept) or watch.kept,
+                )
+            )
         if isinstance(details, _NoCredentials):
             return await self._fail(
                 watch,
@@ -776,13 +798,24 @@ class WatchHandler:
                     cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
                 have_users = {u.name for u in cluster.users or []}
                 have_dbs = set(cluster.db_names or [])
+                existing = [name for name in wanted if name in have_users]
+                if (
+                    watch.adopted
+                    and watch.reset_waits < RESET_WAITS
+                    and missing_passwords(cluster, existing, kept)
+                ):
+                    # Before touching anything: the first delivery's watch, if there is one,
+                    # holds the create's answer and finishes the cluster meanwhile.
+                    raise _ResetLater(kept)
                 changed = False
+                fresh: set[str] = set()  # passwords from this step's own POST answers
                 for user in watch.users:
                     if user.name not in have_users:
                         step = f"add_user:{user.name}"
                         created = await budget.call(step, self._add_user(cluster_id, user))
                         if created is not None and created.password:
                             kept[user.name] = created.password
+                            fresh.add(user.name)
                         changed = True
                 for name in watch.db_names:
                     if name not in have_dbs:
@@ -792,14 +825,21 @@ class WatchHandler:
                 if changed:  # the users' passwords come with the cluster (but MongoDB's)
                     step = "get_cluster"
                     cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
-                for name in missing_passwords(cluster, wanted, kept):
+                if missing_passwords(cluster, wanted, kept):
                     # Shown by no answer this watch kept (an adopted MongoDB cluster, a lost
-                    # answer): a reset is the only way to a working password.
-                    step = f"reset_auth:{name}"
-                    again = await budget.call(step, self._reset(cluster_id, name))
-                    reset = True
-                    if again.password:
-                        kept[name] = again.password
+                    # answer): a reset is the only way to a working password. Every password
+                    # the cluster does not show is reset together (but those this step just
+                    # got), so that the announcement holds none that another watch of the
+                    # same cluster may have reset since this one kept it.
+                    for name in missing_passwords(cluster, wanted, {}):
+                        if name in fresh:
+                            continue
+                        step = f"reset_auth:{name}"
+                        again = await budget.call(step, self._reset(cluster_id, name))
+                        reset = True
+                        kept.pop(name, None)
+                        if again.password:
+                            kept[name] = again.password
                 empty = missing_passwords(cluster, wanted, kept)
                 if empty:
                     raise _NoCredentials(step, empty)
