@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
@@ -19,6 +20,7 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.digitalocean import DatabaseCluster
 from contracts.events import ConnectionReady, Failed, StatusChanged, event_id
 from service.simulator import Simulator, SimulatorConfig
+from tests.chaos.rabbitmqctl import queue_depths
 from tests.chaos.replicas import Replica
 from tests.chaos.service_process import service_env
 from tests.fixtures.broker import EventRecorder, user_of
@@ -52,6 +54,17 @@ TWO_MONGO_USERS = {
 # A just-online cluster refuses user and database calls for a while; users take a moment to
 # create, and a concurrent creation on one cluster would fail.
 UNSETTLED = SimulatorConfig(ready_after_s=0.5, unsettled_s=1.0, user_create_s=0.05, seed=13)
+
+
+async def commands_acknowledged(vhost: str, *, timeout: float) -> None:
+    """Wait until no command waits in, or is being handled from, ``provisioner.requests``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        depth = (await queue_depths(unquote(vhost))).get("provisioner.requests")
+        if depth is not None and depth.ready == 0 and depth.unacked == 0:
+            return
+        assert time.monotonic() < deadline, f"commands still in hand: {depth}"
+        await asyncio.sleep(0.1)
 
 
 def engine_command(request_id: str, engine: str) -> dict[str, Any]:
@@ -210,7 +223,7 @@ async def test_mongodb_passwords_survive_replicas_killed_between_create_and_onli
     """The only answers with the passwords reach replicas that are then killed: the watches
     carry them sealed, and fresh replicas deliver working passwords without a reset."""
     sim = await simulator_factory(
-        SimulatorConfig(ready_after_s=6.0, unsettled_s=0.5, user_create_s=0.05)
+        SimulatorConfig(ready_after_s=8.0, unsettled_s=0.5, user_create_s=0.05)
     )
     ids = [f"mongo-chaos-{n}" for n in range(4)]
     env = service_env(amqp_url, sim)
@@ -223,6 +236,9 @@ async def test_mongodb_passwords_survive_replicas_killed_between_create_and_onli
             for rid in ids:
                 await publish(amqp, engine_command(rid, "mongodb"))
             await wait_until(lambda: sim.stats().count(CREATE, 201) == len(ids), timeout=30)
+            # Every command acknowledged, so its watch (with the create's answer, sealed) is in
+            # the broker: a kill before that would rightly end in an adoption and a reset.
+            await commands_acknowledged(urlsplit(amqp_url).path.lstrip("/"), timeout=30)
             assert sim.stats().clusters == {"creating": len(ids)}
             for replica in replicas:
                 await replica.kill()
