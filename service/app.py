@@ -295,6 +295,9 @@ class Service:
             not_found_grace_s=s.not_found_grace_s,
             finish_max_attempts=s.finish_max_attempts,
             on_unauthorized=self._on_unauthorized,
+            finish_budget_s=s.finish_budget_s,
+            # Long enough for another watch of the same cluster to finish and announce first.
+            reset_grace_s=s.finish_budget_s + 2 * s.poll_interval_s,
             seal=seal,
         )
         self._commands = CommandConsumer(

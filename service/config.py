@@ -61,6 +61,7 @@ class Settings(Struct, kw_only=True, frozen=True):
     rate_limit_minute_window_s: PositiveFloat = 60.0
     rate_limit_hour_window_s: PositiveFloat = 3600.0
     finish_max_attempts: Annotated[int, Meta(ge=1)] = 10
+    finish_budget_s: PositiveFloat = 30.0
 
     @property
     def amqp_user(self) -> str:
@@ -115,6 +116,7 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S": "rate_limit_minute_window_s",
     "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": "rate_limit_hour_window_s",
     "PROVISIONER_FINISH_MAX_ATTEMPTS": "finish_max_attempts",
+    "PROVISIONER_FINISH_BUDGET_S": "finish_budget_s",
 }
 TOKEN_VARIABLES: Final = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 TOKEN_FILE_VARIABLE: Final = "DIGITALOCEAN_TOKEN_FILE"  # noqa: S105 - a variable name

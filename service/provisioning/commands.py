@@ -510,9 +510,7 @@ class CommandHandler:
                 )
             log.info("cluster_adopted", cluster_id=cluster.id)
         self._remember(mine, cluster)
-        await self._start_watching(
-            delivery, command, producer, cluster, warnings, adopted=outcome == "adopted"
-        )
+        await self._start_watching(delivery, command, producer, cluster, warnings)
         return CommandOutcome(outcome, "ack")
 
     async def _limits(
@@ -609,8 +607,6 @@ class CommandHandler:
         producer: str,
         cluster: DatabaseCluster,
         warnings: list[str],
-        *,
-        adopted: bool = False,
     ) -> None:
         structlog.contextvars.bind_contextvars(cluster_id=cluster.id)
         now = self._wall()
@@ -635,7 +631,6 @@ class CommandHandler:
             # (MongoDB): kept, sealed, until connection_ready.
             kept=self._seal.seal(passwords_of(cluster)),
             warnings=warnings,
-            adopted=adopted,
         )
         event = self._factory.status_changed(watch, watch.status or "creating", None)
         await self._events.publish(

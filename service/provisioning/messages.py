@@ -93,10 +93,8 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     # itself (``service.provisioning.credentials``): never in plaintext in the broker.
     kept: str | None = None
     credentials_reset: bool = False  # a kept password came from a reset (see ConnectionReady)
-    # Started for a cluster an earlier delivery of the command created: another watch (the
-    # first delivery's, holding the create's answer) may be finishing it too.
-    adopted: bool = False
-    reset_waits: int = 0  # poll intervals this watch waited before resetting a password
+    # When this watch first lacked a password (wall clock): it resets only a grace later.
+    missing_since: float | None = None
     warnings: list[str] = []  # the command's, repeated on each of its events
 
 

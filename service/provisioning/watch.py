@@ -93,10 +93,11 @@ FOLLOW_FOR_S: Final = 3600.0
 FINISH_BUDGET_S: Final = 30.0
 FINISH_BACKOFF_S: Final = 0.1
 FINISH_BACKOFF_MAX_S: Final = 5.0
-# An adopted watch that lacks a password waits this many poll intervals before it resets it:
-# the command's first delivery may have sent a watch too, holding the create's answer, which
-# then announces first, and the reset's announcement comes after it and supersedes it.
-RESET_WAITS: Final = 2
+# A watch that lacks a password resets it only this long after it first found it missing
+# (``reset_grace_s``; the service uses its finishing budget plus two poll intervals): another
+# watch of the same cluster (a command or watch delivered twice) may hold the POST answers and
+# be finishing meanwhile; it announces first, and the reset's announcement supersedes it.
+RESET_GRACE_S: Final = FINISH_BUDGET_S + 20.0
 
 
 class WatchOutcome(Struct, frozen=True):
@@ -461,11 +462,12 @@ class _NoCredentials(Exception):
 
 
 class _ResetLater(Exception):
-    """An adopted watch lacks a password: it comes back before resetting it (RESET_WAITS)."""
+    """A watch lacks a password: it comes back before resetting it (``reset_grace_s``)."""
 
-    def __init__(self, kept: dict[str, str]) -> None:
+    def __init__(self, kept: dict[str, str], since: float) -> None:
         super().__init__("reset later")
         self.kept = kept
+        self.since = since
 
 
 class _Finished(Struct, frozen=True):
@@ -559,6 +561,7 @@ class WatchHandler:
         wall: Callable[[], float] = time.time,
         steps_at_once: int = STEPS_AT_ONCE,
         finish_budget_s: float = FINISH_BUDGET_S,
+        reset_grace_s: float = RESET_GRACE_S,
         seal: CredentialSeal | None = None,
     ) -> None:
         self._api = api
@@ -569,6 +572,7 @@ class WatchHandler:
         self._grace_s = not_found_grace_s
         self._finish_max_attempts = finish_max_attempts
         self._finish_budget_s = finish_budget_s
+        self._reset_grace_s = reset_grace_s
         # Without the deployment's seal (unit tests), a key of this process: watches another
         # process sealed are then finished by a password reset.
         self._seal = seal if seal is not None else CredentialSeal(secrets.token_hex(32))
@@ -728,12 +732,14 @@ class WatchHandler:
             if after is not None:
                 await after
         if isinstance(details, _ResetLater):
-            log.info("password_reset_deferred", wait=watch.reset_waits + 1)
+            log.info(
+                "password_reset_deferred", missing_for_s=round(self._wall() - details.since, 1)
+            )
             return await self._again(
                 msgspec.structs.replace(
                     watch,
                     phase="finishing",
-                    reset_waits=watch.reset_waits + 1,
+                    missing_since=details.since,
                     kept=self._seal.seal(details.kept) or watch.kept,
                 )
             )
@@ -799,14 +805,10 @@ class WatchHandler:
                 have_users = {u.name for u in cluster.users or []}
                 have_dbs = set(cluster.db_names or [])
                 existing = [name for name in wanted if name in have_users]
-                if (
-                    watch.adopted
-                    and watch.reset_waits < RESET_WAITS
-                    and missing_passwords(cluster, existing, kept)
-                ):
-                    # Before touching anything: the first delivery's watch, if there is one,
-                    # holds the create's answer and finishes the cluster meanwhile.
-                    raise _ResetLater(kept)
+                if missing_passwords(cluster, existing, kept):
+                    # Before touching anything: another watch of this cluster, if there is
+                    # one, holds the POST answers and finishes the cluster meanwhile.
+                    self._reset_later(watch, kept)
                 changed = False
                 fresh: set[str] = set()  # passwords from this step's own POST answers
                 for user in watch.users:
@@ -826,6 +828,7 @@ class WatchHandler:
                     step = "get_cluster"
                     cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
                 if missing_passwords(cluster, wanted, kept):
+                    self._reset_later(watch, kept)
                     # Shown by no answer this watch kept (an adopted MongoDB cluster, a lost
                     # answer): a reset is the only way to a working password. Every password
                     # the cluster does not show is reset together (but those this step just
@@ -852,6 +855,13 @@ class WatchHandler:
             except ApiError as exc:
                 raise _StepFailed(step, exc, kept, reset) from exc
         return _Finished(with_passwords(cluster, kept), ca, kept, reset)
+
+    def _reset_later(self, watch: WatchState, kept: dict[str, str]) -> None:
+        """Raise ``_ResetLater`` unless the watch has lacked a password for the grace."""
+        now = self._wall()
+        since = watch.missing_since if watch.missing_since is not None else now
+        if now - since < self._reset_grace_s:
+            raise _ResetLater(kept, since)
 
     def _add_user(
         self, cluster_id: str, user: DatabaseUserCreate

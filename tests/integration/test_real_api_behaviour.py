@@ -172,7 +172,8 @@ async def test_a_read_only_token_ends_in_failed_naming_the_cause_never_empty_pas
 ) -> None:
     sim = await simulator_factory(ready_after_s=0.3, read_only_token=True)
     ids = ["ro-pg", "ro-mongodb"]
-    async with running_service(settings_for(amqp_url, sim)):
+    # A short finishing budget: the reset comes that long (plus two polls) after the first look.
+    async with running_service(settings_for(amqp_url, sim, finish_budget_s=1.0)):
         await publish(amqp, command(ids[0], "pg"))
         await publish(amqp, engine_command(ids[1], "mongodb"))
         seen = await events.wait_for(all_final(ids), timeout=60)
@@ -198,7 +199,9 @@ async def test_mongodb_adopted_after_a_lost_create_answer_gets_passwords_by_a_re
         SimulatorConfig(ready_after_s=0.5, not_found_grace_s=0.5, drop_fraction=1.0)
     )
     rid = "mongo-lost-answer"
-    settings = settings_for(amqp_url, sim, retry_delays_s=(0.3, 0.3, 0.5, 0.5, 1.0, 1.0))
+    settings = settings_for(
+        amqp_url, sim, retry_delays_s=(0.3, 0.3, 0.5, 0.5, 1.0, 1.0), finish_budget_s=1.0
+    )
     async with running_service(settings):
         await publish(amqp, engine_command(rid, "mongodb"))
         await wait_until(lambda: sim.stats().count(CREATE) >= 1, timeout=40)

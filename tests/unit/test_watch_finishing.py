@@ -142,7 +142,19 @@ async def unauthorized() -> None:
     raise AssertionError("the token is fine")
 
 
-def handler(api: HidingApi, recorded: Recorded) -> WatchHandler:
+class Clock:
+    """A wall clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def handler(
+    api: HidingApi, recorded: Recorded, *, reset_grace_s: float = 0.0, wall: Clock | None = None
+) -> WatchHandler:
     return WatchHandler(
         api=api,
         events=recorded,
@@ -152,6 +164,8 @@ def handler(api: HidingApi, recorded: Recorded) -> WatchHandler:
         not_found_grace_s=0.0,
         finish_max_attempts=3,
         on_unauthorized=unauthorized,
+        reset_grace_s=reset_grace_s,
+        wall=wall or Clock(),
         seal=CredentialSeal(TOKEN),
     )
 
@@ -200,21 +214,38 @@ async def test_kept_and_posted_passwords_are_announced_without_a_reset() -> None
 
 
 async def test_two_watches_of_one_cluster_create_its_users_one_at_a_time() -> None:
-    api, recorded = HidingApi(), Recorded()
+    api, recorded, clock = HidingApi(), Recorded(), Clock()
     kept = {"doadmin": api.passwords["doadmin"]}
     watches = [finishing(["a", "b", "c"], kept=kept), finishing(["a", "b", "c"], kept=kept)]
-    await handler(api, recorded).handle_batch(watches)
+    work = handler(api, recorded, reset_grace_s=60.0, wall=clock)
+    outcomes = await work.handle_batch(watches)
     assert api.most_adding == 1
-    # The second finds the users made, their passwords hidden: it resets every hidden one and
-    # announces them under another id, and that latest announcement is the one that works.
     assert [c for c in api.calls if c.startswith("add_user")] == [
         "add_user:a",
         "add_user:b",
         "add_user:c",
     ]
+    # The second finds the users made and their passwords hidden: it leaves the first to
+    # announce, and comes back.
+    assert sorted(o.outcome for o in outcomes) == ["ready", "waiting"]
+    (second,) = recorded.scheduled
+    assert second.missing_since == clock.now
+    clock.now += 59.0
+    assert [o.outcome for o in await work.handle_batch([second])] == ["waiting"]
+    assert recorded.scheduled[-1].missing_since == second.missing_since
+    # Past the grace it resets every hidden password and announces them under another id:
+    # the latest announcement is the one that works.
+    clock.now += 2.0
+    assert [o.outcome for o in await work.handle_batch([recorded.scheduled[-1]])] == ["ready"]
     first, latest = [e for e in recorded.events if isinstance(e, ConnectionReady)]
     assert first.id != latest.id
     assert passwords_of(latest) == api.passwords
+    assert sorted(c for c in api.calls if c.startswith("reset_auth")) == [
+        "reset_auth:a",
+        "reset_auth:b",
+        "reset_auth:c",
+        "reset_auth:doadmin",
+    ]
 
 
 async def test_a_just_online_clusters_404s_are_retried_within_the_step() -> None:
@@ -237,17 +268,20 @@ async def test_a_password_no_answer_kept_is_reset_and_announced_under_its_own_id
     assert ready.id != event_id("r-1", "connection_ready", "team")
 
 
-async def test_an_adopted_watch_waits_before_it_resets_then_resets_every_hidden_password() -> None:
-    api, recorded = HidingApi(), Recorded()
+async def test_a_watch_lacking_a_password_waits_the_grace_before_touching_the_cluster() -> None:
+    api, recorded, clock = HidingApi(), Recorded(), Clock()
     api.passwords["app"] = "AVNS_made_by_another_watch"
-    watch = finishing(["app"], adopted=True)
-    work = handler(api, recorded)
-    for wait in (1, 2):
+    watch = finishing(["app"])  # adopted: no answer of the create at hand
+    work = handler(api, recorded, reset_grace_s=10.0, wall=clock)
+    first_seen = clock.now
+    for _ in range(2):
         outcomes = await work.handle_batch([watch])
         assert [o.outcome for o in outcomes] == ["waiting"]
         (watch,) = recorded.scheduled[-1:]
-        assert watch.reset_waits == wait
+        assert watch.missing_since == first_seen
         assert api.calls[-1] == "get_cluster"  # nothing was touched
+        clock.now += 4.0
+    clock.now += 4.0
     outcomes = await work.handle_batch([watch])
     assert [o.outcome for o in outcomes] == ["ready"]
     assert sorted(c for c in api.calls if c.startswith("reset_auth")) == [
