@@ -16,7 +16,7 @@ BUILD_LOCK := requirements/build.txt
 LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker node chaos bench \
+.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker prometheus node chaos bench \
 	bench-quick image image-test clean
 
 # A new virtualenv each time the locks change, so nothing outside them stays installed.
@@ -52,6 +52,10 @@ node: $(NODE_INSTALLED)
 broker:
 	scripts/ensure-rabbitmq.sh
 
+# promtool for the alert rules' unit tests, the server for the scrape test.
+prometheus:
+	scripts/ensure-prometheus.sh
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -63,7 +67,7 @@ typecheck: $(INSTALLED)
 demo: $(INSTALLED) broker
 	$(BIN)/provisioner demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) broker lint typecheck image
+test: $(INSTALLED) $(NODE_INSTALLED) broker prometheus lint typecheck image
 	PROVISIONER_IMAGE="$$(cat $(IMAGE_ID))" $(BIN)/pytest
 
 # The image, with docker or podman (podman installed with apt where neither is there), on the

@@ -16,6 +16,11 @@ design makes any implementation publish for one command, each message with a pub
 confirm (the parked copy or the watch message, and the event), then acks. It does no
 decoding, no validation, no logging: what is left between the two is the service's own cost.
 
+With ``--tracing`` the service records every span with the OpenTelemetry SDK (the ``otel``
+extra), configured by the standard ``OTEL_*`` variables only, and exports them over OTLP/HTTP
+to a receiver in the benchmark's process that reads and drops them: the cost an operator pays
+with a collector next to the service. Without it, ``OTEL_SDK_DISABLED=true``: the API alone.
+
 Each run starts with its commands already queued (one fresh virtual host serves the whole
 benchmark, one simulator each run); the rate is the
 number of results a subscriber receives a second in the steady middle of the run (from the
@@ -28,17 +33,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Literal, get_args
 
 import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection, DeliveryMode
+from aiohttp import web
 from msgspec import Struct
 
 from bench._harness import (
@@ -189,8 +196,48 @@ class Run(Struct, frozen=True, kw_only=True):
         return (last - first) / seconds if seconds > 0 else 0.0
 
 
+def tracing_env(traces: str | None) -> dict[str, str]:
+    """The service's ``OTEL_*`` variables: the SDK exporting to ``traces``, or no SDK."""
+    if traces is None:
+        return {"OTEL_SDK_DISABLED": "true"}
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
+@contextlib.asynccontextmanager
+async def span_sink() -> AsyncIterator[tuple[str, list[int]]]:
+    """An OTLP/HTTP endpoint that reads each export and drops it; its URL and the bytes
+    it was sent."""
+    received = [0]
+
+    async def export(request: web.Request) -> web.Response:
+        received[0] += len(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces", received
+    finally:
+        await runner.cleanup()
+
+
 async def measure(
-    connection: AbstractRobustConnection, amqp_url: str, path: Path, who: Who, size: Size, run: str
+    connection: AbstractRobustConnection,
+    amqp_url: str,
+    path: Path,
+    who: Who,
+    size: Size,
+    run: str,
+    traces: str | None = None,
 ) -> Run:
     """Queue the commands, start the consumer, time the results (each run with its own
     simulator, so that no run inherits another's clusters)."""
@@ -221,6 +268,7 @@ async def measure(
                     rate_limit_per_minute=UNLIMITED,
                     rate_limit_per_hour=UNLIMITED,
                 )
+                env.update(tracing_env(traces))
                 async with running_service(env, f"throughput-{path}"):
                     await events.wait_until(complete, timeout=600, what=f"service {path}")
             else:
@@ -259,9 +307,25 @@ async def _run_bare_loop(
         raise RuntimeError(f"the bare loop exited with {code}")
 
 
-async def benchmark(size: Size, label: str) -> dict[str, object]:
+async def benchmark(size: Size, label: str, tracing: bool = False) -> dict[str, object]:
     """Pairs of runs on both paths, the table and the figures."""
     pairs: list[tuple[Run, Run]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        traces: str | None = None
+        exported = [0]
+        if tracing:
+            traces, exported = await stack.enter_async_context(span_sink())
+        figures = await _pairs(size, label, traces, pairs)
+        figures["tracing"] = "otlp" if tracing else "off"
+        if tracing:
+            figures["span_bytes_exported"] = exported[0]
+            figures["goal_met"] = bool(figures["goal_met"]) and exported[0] > 0
+    return figures
+
+
+async def _pairs(
+    size: Size, label: str, traces: str | None, pairs: list[tuple[Run, Run]]
+) -> dict[str, object]:
     async with fresh_vhost("throughput") as amqp_url:
         connection = await aio_pika.connect_robust(amqp_url)
         try:
@@ -276,7 +340,9 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
                         ("bare loop", "service") if n % 2 == 0 else ("service", "bare loop")
                     )
                     done = {
-                        who: await measure(connection, amqp_url, path, who, size, f"{n}{who[0]}")
+                        who: await measure(
+                            connection, amqp_url, path, who, size, f"{n}{who[0]}", traces
+                        )
                         for who in order
                     }
                     pairs.append((done["bare loop"], done["service"]))
@@ -309,6 +375,11 @@ def main() -> int:
     parser.add_argument("--bare-loop", choices=("reject", "accept"), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--prefetch", type=int, default=FULL.prefetch, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="the service records and exports every span (OpenTelemetry SDK, OTLP/HTTP)",
+    )
     args = parser.parse_args()
     if args.bare_loop:
         asyncio.run(
@@ -322,7 +393,7 @@ def main() -> int:
         )
         return 0
     size, label = (QUICK, "quick") if args.quick else (FULL, "full")
-    emit(asyncio.run(benchmark(size, label)))
+    emit(asyncio.run(benchmark(size, label, args.tracing)))
     return 0
 
 

@@ -313,12 +313,31 @@ def _message_key(name: str) -> str:
     return name[0].lower() + name[1:]
 
 
+# W3C trace context in AMQP headers, as the OpenTelemetry messaging conventions carry it.
+TRACE_HEADERS: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "traceparent": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            "description": "W3C trace context (https://www.w3.org/TR/trace-context/).",
+        },
+        "tracestate": {"type": "string", "maxLength": 512},
+    },
+}
+
+
 def _event_message(cls: type[Event], example: Event, *, reply: bool) -> dict[str, Any]:
     tag = cls.__struct_config__.tag
     message: dict[str, Any] = {
         "name": tag,
         "title": cls.__name__,
         "summary": _EVENT_SUMMARIES[cls.__name__],
+        "description": (
+            "The AMQP headers `traceparent` and `tracestate` carry the W3C trace context of "
+            "the publish, as the body's CloudEvents `traceparent` extension attribute does."
+        ),
+        "headers": TRACE_HEADERS,
         "contentType": EVENT_CONTENT_TYPE,
         "payload": {"$ref": _COMPONENT_REF.format(name=cls.__name__)},
         "examples": [{"name": _event_short_name(cls), "payload": _builtins(example)}],
@@ -364,6 +383,11 @@ def build_document(
                 "`recipient_public_key`, `connection_ready` carries the credentials only sealed "
                 "to that key (`sealed_secrets`)."
             ),
+            "headers": {
+                **TRACE_HEADERS,
+                "description": "Optional W3C trace context: the service continues the "
+                "producer's trace (a command without one starts a trace).",
+            },
             "contentType": COMMAND_CONTENT_TYPE,
             "payload": {"$ref": _COMPONENT_REF.format(name=ProvisionDatabase.__name__)},
             "examples": [{"name": "mysql", "payload": _builtins(_example_command())}],

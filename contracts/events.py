@@ -177,6 +177,14 @@ class _CloudEvent(Struct, kw_only=True, tag_field="type"):
     subject: str | UnsetType = UNSET
     time: datetime = msgspec.field(default_factory=_now)
     datacontenttype: Literal["application/json"] = "application/json"
+    # The CloudEvents distributed-tracing extension: the W3C trace context of the publish
+    # that sent this event (https://www.w3.org/TR/trace-context/), so a subscriber's spans
+    # join the request's trace. Not part of the event's identity (``id``).
+    traceparent: (
+        Annotated[str, Meta(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+        | UnsetType
+    ) = UNSET
+    tracestate: Annotated[str, Meta(max_length=512)] | UnsetType = UNSET
 
     @property
     def routing_key(self) -> str:

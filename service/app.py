@@ -47,6 +47,7 @@ from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
 from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
+from service.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
 
@@ -185,6 +186,7 @@ class Service:
         # Read before anything starts: a broken policy file stops the service at once.
         self.policy = policy if policy is not None else load_policy(settings.policy_file)
         self.metrics = metrics or ProvisionerMetrics()
+        self.metrics.watch_readiness(self.readiness)
         self.limiter = RateLimiter(
             per_minute=settings.rate_limit_per_minute,
             per_hour=settings.rate_limit_per_hour,
@@ -253,6 +255,7 @@ class Service:
             replies=self._replies,
             observer=self.metrics.observe_event_published,
             on_headers_dropped=self.metrics.count_headers_dropped,
+            on_failed=self.metrics.count_failed,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
         # Every replica derives the same key from the token: any of them opens a watch's
@@ -443,6 +446,7 @@ class Service:
         self.metrics.count_command(outcome.outcome)
 
     def _count_watch(self, outcome: WatchOutcome) -> None:
+        self.metrics.count_watch_step(outcome.outcome)
         if outcome.time_to_online_s is not None:
             self.metrics.observe_time_to_online(outcome.time_to_online_s)
 
@@ -482,5 +486,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"provisioner: {exc}")
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings, policy))
+    # Spans are recorded only when the OTEL_* variables ask for them (service/tracing.py).
+    tracing = configure_tracing()
+    try:
+        asyncio.run(run(settings, policy))
+    finally:
+        if tracing:
+            shutdown_tracing()
     return 0

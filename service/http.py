@@ -4,7 +4,7 @@
 * ``GET /readyz``: 200 when every readiness check is true, else 503; the body lists each check,
   e.g. ``{"broker_connected": true, "consuming": true, "api_token_accepted": false}``. A check
   callable that raises counts as not ready (503), never as a 500.
-* ``GET /metrics``: the Prometheus text format 0.0.4 of the given :class:`Registry`.
+* ``GET /metrics``: the Prometheus text format 0.0.4 of the given ``CollectorRegistry``.
 
 No access log is written: probes would flood it, and a query string can carry anything.
 """
@@ -16,8 +16,9 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
-from service.metrics import CONTENT_TYPE, Registry
+from service.metrics import CONTENT_TYPE
 
 __all__ = ["HealthServer", "ReadinessChecks"]
 
@@ -38,7 +39,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
-        metrics: Registry,
+        metrics: CollectorRegistry,
         readiness: ReadinessChecks,
     ) -> None:
         self.host = host
@@ -97,6 +98,6 @@ class HealthServer:
 
     async def _metrics_text(self, _request: web.Request) -> web.Response:
         return web.Response(
-            body=self._metrics.render().encode("utf-8"),
+            body=generate_latest(self._metrics),
             headers={"Content-Type": CONTENT_TYPE},
         )

@@ -40,6 +40,8 @@ import structlog
 from structlog.testing import capture_logs
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from service.tracing import add_trace_ids
+
 __all__ = [
     "REDACTED",
     "LibraryBodyFilter",
@@ -340,6 +342,7 @@ def _shared_processors() -> list[Processor]:
     """What every line gets, whether structlog or a stdlib logger emitted it."""
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

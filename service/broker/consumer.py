@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from opentelemetry.trace import Span, SpanKind
 
 from contracts.errors import FieldError
 from service.broker.frames import take_note
@@ -33,6 +34,7 @@ from service.provisioning.messages import (
 )
 from service.provisioning.ports import Delivery
 from service.provisioning.watch import DUE_HEADER, WatchHandler, WatchOutcome
+from service.tracing import context_from_headers, messaging_span
 
 __all__ = ["AckBatcher", "CommandConsumer", "WatchConsumer", "to_delivery"]
 
@@ -319,6 +321,21 @@ class CommandConsumer(_Consumer):
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
+        # The producer's trace, continued (OpenTelemetry messaging conventions); or a new one.
+        with messaging_span(
+            f"{self._declared.name} process",
+            kind=SpanKind.CONSUMER,
+            parent=context_from_headers(message.headers or {}),
+            attributes={
+                "messaging.operation.type": "process",
+                "messaging.destination.name": self._declared.name,
+                "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+                "messaging.message.body.size": message.body_size,
+            },
+        ) as span:
+            await self._handle_in_span(message, span)
+
+    async def _handle_in_span(self, message: AbstractIncomingMessage, span: Span) -> None:
         try:
             delivery = to_delivery(message)
             if delivery.unreadable:
@@ -334,6 +351,10 @@ class CommandConsumer(_Consumer):
             self._crashed()
             await self._return(message, "requeue")
             return
+        span.set_attribute("provisioner.outcome", outcome.outcome)
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        if isinstance(request_id, str):
+            span.set_attribute("provisioner.request_id", request_id)
         if outcome.disposition == "ack":
             self._acks.finished(message)
         else:

@@ -25,10 +25,12 @@ import aio_pika
 import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel, DeliveryMode
+from msgspec import UNSET
+from opentelemetry.trace import SpanKind
 from pamqp.commands import Basic
 
 from contracts.errors import FieldError
-from contracts.events import EVENT_CONTENT_TYPE, Event, encode_event
+from contracts.events import EVENT_CONTENT_TYPE, Event, Failed, encode_event
 from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
@@ -44,6 +46,7 @@ from service.provisioning.messages import (
 )
 from service.provisioning.ports import Delivery, ParkingFull
 from service.provisioning.watch import DUE_HEADER, LOOKED_AT
+from service.tracing import current_trace_headers, messaging_span
 
 __all__ = ["HEADERS_DROPPED_HEADER", "PublishObserver", "RabbitPublisher"]
 
@@ -72,6 +75,7 @@ class RabbitPublisher:
         replies: ReplyCopies | None = None,
         observer: PublishObserver | None = None,
         on_headers_dropped: Callable[[int], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._channel = channel
         self._topology = topology
@@ -80,6 +84,7 @@ class RabbitPublisher:
         self._replies = replies
         self._observer = observer
         self._on_headers_dropped = on_headers_dropped
+        self._on_failed = on_failed
         self._events: AbstractExchange | None = None
 
     async def _events_exchange(self) -> AbstractExchange:
@@ -96,27 +101,52 @@ class RabbitPublisher:
         """The event on the events exchange, and a copy to ``reply_to`` if the producer
         asked for one."""
         started = time.perf_counter()
-        body = encode_event(event)
-        message = aio_pika.Message(
-            body,
-            content_type=EVENT_CONTENT_TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=event.id,
-            type=event.routing_key,
-            timestamp=datetime.now(UTC),
-            app_id=APP_ID,
-            user_id=self._user_id,
-            correlation_id=correlation_id,
-        )
-        await self._ready()
-        exchange = await self._events_exchange()
-        # Not mandatory (aio-pika's default is mandatory): an events exchange nobody
-        # listens to yet is normal.
-        await exchange.publish(message, event.routing_key, mandatory=False, timeout=self._timeout_s)
-        if reply_to and self._replies is not None:
-            await self._replies.send(message, reply_to, event.data.producer)
+        with messaging_span(
+            f"{self._topology.events_exchange} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": self._topology.events_exchange,
+                "messaging.rabbitmq.destination.routing_key": event.routing_key,
+                "messaging.message.id": event.id,
+            },
+        ):
+            # The publish's own context, in the body (CloudEvents distributed tracing) and
+            # in the headers (OpenTelemetry messaging): a subscriber's span joins the trace.
+            trace_headers = current_trace_headers()
+            if "traceparent" in trace_headers:
+                event = msgspec.structs.replace(
+                    event,
+                    traceparent=trace_headers["traceparent"],
+                    tracestate=trace_headers.get("tracestate", UNSET),
+                )
+            body = encode_event(event)
+            headers: dict[str, Any] | None = dict(trace_headers) if trace_headers else None
+            message = aio_pika.Message(
+                body,
+                content_type=EVENT_CONTENT_TYPE,
+                headers=headers,
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=event.id,
+                type=event.routing_key,
+                timestamp=datetime.now(UTC),
+                app_id=APP_ID,
+                user_id=self._user_id,
+                correlation_id=correlation_id,
+            )
+            await self._ready()
+            exchange = await self._events_exchange()
+            # Not mandatory (aio-pika's default is mandatory): an events exchange nobody
+            # listens to yet is normal.
+            await exchange.publish(
+                message, event.routing_key, mandatory=False, timeout=self._timeout_s
+            )
+            if reply_to and self._replies is not None:
+                await self._replies.send(message, reply_to, event.data.producer)
         if self._observer is not None:
             self._observer(event.routing_key, time.perf_counter() - started)
+        if self._on_failed is not None and isinstance(event, Failed):
+            self._on_failed(event.data.reason)
 
     async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
         """The command again, through the delay queue for this attempt; the copy is the
@@ -125,6 +155,7 @@ class RabbitPublisher:
             **self._portable(delivery.headers),
             ATTEMPT_HEADER: attempt + 1,
             PRODUCER_HEADER: producer,
+            **current_trace_headers(),  # the next attempt: a span of this attempt's trace
         }
         await self._to_queue(
             self._topology.retry_queue(attempt),
@@ -136,13 +167,26 @@ class RabbitPublisher:
         """The watch, back after one poll interval (due one interval after the list it looked
         at, when it looked at one: see ``DUE_HEADER``)."""
         looked_at = LOOKED_AT.get()
-        headers: dict[str, Any] | None = None
+        headers: dict[str, Any] = {}
         if looked_at is not None:
-            headers = {DUE_HEADER: encode_stamp(looked_at + self._topology.watch_delay_s)}
+            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.watch_delay_s)
+        if watch.traceparent is None:
+            # The first watch of a request: it carries the command's trace from now on.
+            trace_headers = current_trace_headers()
+            if "traceparent" in trace_headers:
+                watch = msgspec.structs.replace(
+                    watch,
+                    traceparent=trace_headers["traceparent"],
+                    tracestate=trace_headers.get("tracestate"),
+                )
+        if watch.traceparent is not None:
+            headers["traceparent"] = watch.traceparent
+            if watch.tracestate:
+                headers["tracestate"] = watch.tracestate
         message = aio_pika.Message(
             encode_watch(watch),
             content_type=WATCH_CONTENT_TYPE,
-            headers=headers,
+            headers=headers or None,
             delivery_mode=DeliveryMode.PERSISTENT,
             message_id=watch.cluster_id,
             app_id=APP_ID,

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import aiohttp
 import msgspec
 import structlog
+from opentelemetry.trace import Status, StatusCode
 from yarl import URL
 
 from contracts.digitalocean import (
@@ -52,6 +53,7 @@ from service.digitalocean.errors import (
 )
 from service.digitalocean.ratelimit import RateLimiter, RateLimitTimeout
 from service.digitalocean.retry import RetryPolicy
+from service.tracing import client_span
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -388,6 +390,7 @@ class DigitalOceanClient:
         self.user_agent = user_agent or default_user_agent()
         self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
         self._observer = observer
+        self._server = urlsplit(self.base_url).hostname or ""
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -657,6 +660,45 @@ class DigitalOceanClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _exchange(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        max_wait_s: float | None = None,
+        urgent: bool = False,
+        stream: Callable[[], _ClusterListReader] | None = None,
+    ) -> _Reply:
+        """One HTTP attempt as a client span of the current trace (the rate limiter's wait
+        included), with DigitalOcean's ``x-request-id`` on it."""
+        with client_span(
+            f"{method} {operation}",
+            {
+                "http.request.method": method,
+                "server.address": self._server,
+                "url.path": path.split("?", 1)[0],
+                "provisioner.operation": operation,
+            },
+        ) as span:
+            reply = await self._exchange_once(
+                operation,
+                method,
+                path,
+                body=body,
+                max_wait_s=max_wait_s,
+                urgent=urgent,
+                stream=stream,
+            )
+            span.set_attribute("http.response.status_code", reply.status)
+            request_id = _header(reply.headers, "x-request-id")
+            if request_id is not None:
+                span.set_attribute("digitalocean.request_id", request_id)
+            if reply.status >= 400:
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {reply.status}"))
+            return reply
+
+    async def _exchange_once(
         self,
         operation: str,
         method: str,

@@ -96,6 +96,10 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     # When this watch first lacked a password (wall clock): it resets only a grace later.
     missing_since: float | None = None
     warnings: list[str] = []  # the command's, repeated on each of its events
+    # The W3C trace context of the command's span: each watch step is a span of its trace,
+    # on whichever replica it runs (service/tracing.py).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -45,6 +45,7 @@ from service.provisioning.credentials import CredentialSeal, missing_passwords, 
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
+from service.tracing import watch_step_span
 
 __all__ = [
     "DUE_HEADER",
@@ -624,7 +625,8 @@ class WatchHandler:
             for i, watch in queue:
                 async with self._steps:
                     try:
-                        results[i] = await self._advance(watch, listed)
+                        with watch_step_span(watch):
+                            results[i] = await self._advance(watch, listed)
                     except Exception as exc:
                         results[i] = exc
 

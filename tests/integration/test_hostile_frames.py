@@ -294,13 +294,13 @@ async def test_at_the_parking_queue_bound_a_bad_command_is_announced_and_counted
             await publish(amqp, {"request_id": f"bad-{i}", "cluster": {"engine": "pg"}})
             await events.wait_for(_rejections(i + 1), timeout=30)
         metrics = service.metrics
-        parked_count = metrics.messages_parked.value(reason="invalid")
-        refused = metrics.messages_parked.value(reason="parking_full")
+        parked_count = metrics.value("provisioner_messages_parked_total", reason="invalid")
+        refused = metrics.value("provisioner_messages_parked_total", reason="parking_full")
         # RabbitMQ 3.10's quorum queues refuse once they hold more than the bound: one past it.
         assert parked_count in (3, 4)
         assert refused == 5 - parked_count
         assert all(service.readiness().values())
-        assert metrics.queue_max_messages.value(queue=topology.rejected_queue) == 3
+        assert metrics.value("provisioner_queue_max_messages", queue=topology.rejected_queue) == 3
     finally:
         await service.stop()
     parked = await get_all(amqp, topology.rejected_queue)

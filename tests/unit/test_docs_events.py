@@ -133,3 +133,11 @@ def test_the_id_recipe_on_the_page_is_the_contracts_one() -> None:
         uuid.UUID(namespace.group(1)), f"{producer}\x00{request_id}\x00{transition}"
     )
     assert str(recipe) == expected
+
+
+def test_every_envelope_attribute_is_in_the_envelope_table() -> None:
+    text = DOC.read_text()
+    table = text[text.index("## The envelope") : text.index("## AMQP properties")]
+    attributes = {*StatusChanged.__struct_fields__, "type"}
+    missing = [a for a in sorted(attributes) if f"| `{a}` |" not in table]
+    assert missing == []

@@ -38,7 +38,9 @@ def test_readme_lists_every_cli_command() -> None:
 
 
 def test_readme_lists_every_metric() -> None:
-    text = ProvisionerMetrics().render()
+    metrics = ProvisionerMetrics()
+    metrics.watch_readiness(lambda: {"consuming": True})
+    text = metrics.render()
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     missing = [name for name in names if f"`{name}" not in README]
     assert not missing, f"metrics missing from the README: {missing}"
