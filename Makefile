@@ -16,7 +16,8 @@ BUILD_LOCK := requirements/build.txt
 LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker prometheus node chaos bench \
+.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker prometheus node chaos \
+	chaos-cluster bench \
 	bench-quick image image-test clean
 
 # A new virtualenv each time the locks change, so nothing outside them stays installed.
@@ -89,12 +90,17 @@ test-latest: broker
 chaos: $(INSTALLED) broker
 	$(BIN)/python -m tests.chaos.run --requests 300
 
+# The same on a three-node RabbitMQ cluster of its own (nodes killed in turn, leaders moved);
+# `make test` runs a reduced one.
+chaos-cluster: $(INSTALLED) broker
+	$(BIN)/python -m tests.chaos.run --cluster --requests 300 --replicas 3
+
 # Every benchmark at full size, then at --quick size; each prints a JSON line last.
 bench: $(INSTALLED) broker
-	for b in api_economy throughput memory latency watch_cost flood; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in api_economy throughput memory latency watch_cost flood scale; do $(BIN)/python -m bench.$$b || exit 1; done
 
 bench-quick: $(INSTALLED) broker
-	for b in api_economy throughput memory latency watch_cost flood; do $(BIN)/python -m bench.$$b --quick || exit 1; done
+	for b in api_economy throughput memory latency watch_cost flood scale; do $(BIN)/python -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis $(IMAGE_ID)

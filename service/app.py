@@ -15,9 +15,8 @@ import signal
 import time
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
@@ -31,6 +30,7 @@ from contracts.digitalocean import (
     DatabaseUserCreate,
 )
 from service.broker import frames
+from service.broker.connection import connect, redact_url
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.publisher import RabbitPublisher
 from service.broker.replies import ReplyCopies
@@ -54,41 +54,16 @@ __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
 log = structlog.get_logger(__name__)
 
 TOKEN_PROBE_INTERVAL_S: Final = 30.0
-CONNECT_BACKOFF_MAX_S: Final = 30.0
 QUEUE_POLL_INTERVAL_S: Final = 15.0
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, fit for a log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def topology_for(settings: Settings) -> Topology:
     """The topology with this deployment's poll interval and retry delays."""
-    return Topology(watch_delay_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s)
-
-
-async def connect(url: str, *, attempts: int | None = None) -> AbstractRobustConnection:
-    """A robust connection, waiting with capped exponential backoff while the broker is
-    unreachable (``attempts`` bounds the wait; None waits for ever)."""
-    delay = 0.5
-    tried = 0
-    while True:
-        tried += 1
-        try:
-            return await aio_pika.connect_robust(url, timeout=10, reconnect_interval=2)
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-            if attempts is not None and tried >= attempts:
-                raise
-            log.warning(
-                "broker_unreachable", url=redact_url(url), retry_in_s=delay, error=repr(exc)
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, CONNECT_BACKOFF_MAX_S)
+    return Topology(
+        watch_delay_s=settings.poll_interval_s,
+        retry_delays_s=settings.retry_delays_s,
+        quorum_group_size=settings.quorum_group_size,
+    )
 
 
 class SecretRegisteringApi:
@@ -219,15 +194,18 @@ class Service:
         """Connect, declare, and begin consuming."""
         s = self.settings
         register_secret(s.token)
-        amqp_password = urlsplit(s.amqp_url).password
-        if amqp_password:
-            register_secret(amqp_password)
+        for url in s.amqp_urls:
+            amqp_password = urlsplit(url).password
+            if amqp_password:
+                register_secret(amqp_password)
         self._health = HealthServer(s.http_host, s.http_port, self.metrics.registry, self.readiness)
         self.http_port = await self._health.start()
         # Before the first frame: no message can then cost the connection or be read whole
         # past the limit (service/broker/frames.py).
         frames.install(s.max_message_bytes)
-        self._connection = await connect(s.amqp_url, attempts=connect_attempts)
+        self._connection = await connect(
+            s.amqp_urls, order=s.amqp_url_order, attempts=connect_attempts
+        )
         self._connection.close_callbacks.add(self._on_connection_lost)
         self._connection.reconnect_callbacks.add(self._on_reconnected)
         setup = await self._connection.channel()
@@ -241,7 +219,8 @@ class Service:
         self._channels = [publish_channel, command_channel, watch_channel]
         own = self.topology
         self._replies = ReplyCopies(
-            s.amqp_url,
+            s.amqp_urls,
+            order=s.amqp_url_order,
             timeout_s=s.publish_timeout_s,
             refuse=[q.name for q in own.queues()],
             refuse_prefixes=(f"{own.requests_queue}.", f"{own.watch_queue}."),

@@ -62,12 +62,20 @@ class Settings(Struct, kw_only=True, frozen=True):
     rate_limit_hour_window_s: PositiveFloat = 3600.0
     finish_max_attempts: Annotated[int, Meta(ge=1)] = 10
     finish_budget_s: PositiveFloat = 30.0
+    amqp_url_order: Literal["shuffle", "listed"] = "shuffle"
+    quorum_group_size: Annotated[int, Meta(ge=1, le=99)] = 3
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """Every broker address of ``amqp_url`` (a comma-separated list of a cluster's
+        nodes, or one address)."""
+        return [part.strip() for part in self.amqp_url.split(",") if part.strip()]
 
     @property
     def amqp_user(self) -> str:
         """The RabbitMQ user the service connects as (aio-pika's default: guest): the
         ``user_id`` of everything it publishes."""
-        user = urlsplit(self.amqp_url).username
+        user = urlsplit(self.amqp_urls[0]).username
         return unquote(user) if user else "guest"
 
     @property
@@ -117,6 +125,8 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": "rate_limit_hour_window_s",
     "PROVISIONER_FINISH_MAX_ATTEMPTS": "finish_max_attempts",
     "PROVISIONER_FINISH_BUDGET_S": "finish_budget_s",
+    "PROVISIONER_AMQP_URL_ORDER": "amqp_url_order",
+    "PROVISIONER_QUORUM_GROUP_SIZE": "quorum_group_size",
 }
 TOKEN_VARIABLES: Final = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 TOKEN_FILE_VARIABLE: Final = "DIGITALOCEAN_TOKEN_FILE"  # noqa: S105 - a variable name
@@ -160,7 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         check_base_url(settings.api_url)
     except ValueError as exc:
         raise ConfigError(f"`DIGITALOCEAN_API_URL`: {exc}") from None
-    _check_amqp_url(settings.amqp_url)
+    _check_amqp_urls(settings.amqp_url)
     if require_token and not settings.token:
         raise ConfigError(
             f"no DigitalOcean token: set {TOKEN_VARIABLES[0]} (or {TOKEN_VARIABLES[1]}, "
@@ -169,18 +179,29 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
     return settings
 
 
-def _check_amqp_url(url: str) -> None:
-    # Never quote the URL: it usually carries the broker password.
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ConfigError("`PROVISIONER_AMQP_URL`: not a valid URL") from None
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ConfigError(
-            "`PROVISIONER_AMQP_URL`: must be amqp://user:password@host:port/vhost "
-            "(or amqps:// for TLS)"
-        )
+def _check_amqp_urls(value: str) -> None:
+    # Never quote a URL: it usually carries the broker password. Name its position instead.
+    urls = [part.strip() for part in value.split(",")]
+    users = set()
+    for position, url in enumerate(urls, start=1):
+        which = f" (address {position} of {len(urls)})" if len(urls) > 1 else ""
+        if not url:
+            raise ConfigError(f"`PROVISIONER_AMQP_URL`: empty address{which}")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ConfigError(f"`PROVISIONER_AMQP_URL`: not a valid URL{which}") from None
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ConfigError(
+                f"`PROVISIONER_AMQP_URL`: must be amqp://user:password@host:port/vhost "
+                f"(or amqps:// for TLS), comma-separated for a cluster's nodes{which}"
+            )
+        users.add(unquote(parts.username) if parts.username else "guest")
+    if len(users) > 1:
+        # The service stamps its user on everything it publishes (user_id) and trusts its own
+        # watches by it: every node must be reached as the same user.
+        raise ConfigError("`PROVISIONER_AMQP_URL`: every address must name the same user")
 
 
 def _name_variable(message: str) -> str:
@@ -188,7 +209,8 @@ def _name_variable(message: str) -> str:
     # operator sets, and never repeat the value (it could be a token pasted in the wrong
     # place).
     message = re.sub(r"Invalid enum value '[^']*'", "Invalid enum value", message)
-    for variable, field in ENVIRONMENT.items():
+    # Longest first: `$.amqp_url_order` also starts with `$.amqp_url`.
+    for variable, field in sorted(ENVIRONMENT.items(), key=lambda item: -len(item[1])):
         if f"`$.{field}" in message:
             message = message.replace(f"`$.{field}", f"`{variable}").replace(" - at ", ": at ")
             allowed = _literal_values(field)

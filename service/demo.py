@@ -29,6 +29,7 @@ from rich.table import Table
 
 from contracts.events import ConnectionReady, Event, Failed, Rejected, StatusChanged, decode_event
 from service.app import Service
+from service.broker.connection import connect
 from service.broker.topology import Topology, message_count
 from service.config import load_settings
 from service.observability import configure_logging
@@ -213,7 +214,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
     )
     service = Service(settings, topology=topology)
     await service.start(connect_attempts=10)
-    connection = await aio_pika.connect_robust(settings.amqp_url)
+    connection = await connect(settings.amqp_urls, order=settings.amqp_url_order, attempts=10)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         for name in (topology.requests_queue, topology.rejected_queue, topology.watch_queue):

@@ -24,6 +24,7 @@ import msgspec
 from contracts.commands import COMMAND_CONTENT_TYPE, decode_command
 from contracts.errors import InvalidCommand
 from contracts.events import ConnectionReady, Failed, Rejected, decode_event
+from service.broker.connection import connect
 from service.broker.topology import Topology
 from service.config import ConfigError, Settings, load_settings
 from service.provisioning.policy import DIRECT_REPLY_TO
@@ -69,7 +70,7 @@ def prepare(raw: bytes) -> tuple[bytes, str | None]:
 async def _submit(
     args: argparse.Namespace, body: bytes, topology: Topology, settings: Settings
 ) -> int:
-    connection = await aio_pika.connect_robust(settings.amqp_url, timeout=10)
+    connection = await connect(settings.amqp_urls, order=settings.amqp_url_order, attempts=3)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         correlation_id = str(uuid.uuid4()) if args.wait else None

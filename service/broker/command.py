@@ -18,11 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _declare() -> list[str]:
-    from service.app import connect, topology_for
+    from service.app import topology_for
+    from service.broker.connection import connect
     from service.broker.topology import declare
 
     settings = load_settings(require_token=False)
-    connection = await connect(settings.amqp_url, attempts=5)
+    connection = await connect(settings.amqp_urls, order=settings.amqp_url_order, attempts=5)
     try:
         channel = await connection.channel()
         return await declare(channel, topology_for(settings))

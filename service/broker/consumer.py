@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from contracts.errors import FieldError
 from service.broker.frames import take_note
-from service.broker.topology import DeclaredQueue
+from service.broker.topology import DeclaredQueue, declare_queue
 from service.metrics import Consumer, ProvisionerMetrics
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.messages import (
@@ -210,12 +210,11 @@ class _Consumer:
         """Register the consumer (idempotent)."""
         if self._tag is not None:
             return
-        await self._channel.set_qos(prefetch_count=self._prefetch)
         # Declared (not merely looked up) with its real arguments: a robust channel
         # restores, after a reconnect, exactly the queues and consumers declared on it.
-        self._queue = await self._channel.declare_queue(
-            self._declared.name, durable=True, arguments=self._declared.arguments
-        )
+        self._queue, _ = await declare_queue(self._channel, self._declared)
+        # After the declare, which may have reopened the channel.
+        await self._channel.set_qos(prefetch_count=self._prefetch)
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:

@@ -29,13 +29,15 @@ import binascii
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Final, Literal
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import ConnectionInternalError
+
+from service.broker.connection import UrlOrder, connect, connect_once, split_urls
 
 __all__ = ["DIRECT_REPLY_PREFIX", "ReplyCopies", "ReplyOutcome", "direct_reply_node"]
 
@@ -51,7 +53,7 @@ REFUSED_NODES: Final = 1024
 PROBE_EVERY_S: Final = 10.0
 PROBERS: Final = 4096
 # As the main connection's: after a cut, copies wait for the channel at most a publish timeout.
-RECONNECT_INTERVAL_S: Final = 2.0
+RECONNECT_INTERVAL_S: Final = 1.0
 
 ReplyOutcome = Literal["sent", "refused", "failed"]
 
@@ -96,15 +98,17 @@ class ReplyCopies:
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         *,
         timeout_s: float,
+        order: UrlOrder = "shuffle",
         refuse: Collection[str] = (),
         refuse_prefixes: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
         observer: Callable[[ReplyOutcome], None] | None = None,
     ) -> None:
-        self._url = url
+        self._urls = split_urls(urls) if isinstance(urls, str) else list(urls)
+        self._order: UrlOrder = order
         self._timeout_s = timeout_s
         self._refuse = frozenset(refuse)
         self._refuse_prefixes = refuse_prefixes
@@ -120,8 +124,9 @@ class ReplyCopies:
 
     async def start(self) -> None:
         """Open the connection the copies go out on."""
-        self._connection = await aio_pika.connect_robust(
-            self._url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S
+        # The same failover over the cluster's nodes as the main connection.
+        self._connection = await connect(
+            self._urls, order=self._order, reconnect_interval_s=RECONNECT_INTERVAL_S
         )
         self._channel = await self._connection.channel(publisher_confirms=True)
 
@@ -210,7 +215,7 @@ class ReplyCopies:
     ) -> ReplyOutcome:
         self.probes += 1
         try:
-            connection = await aio_pika.connect(self._url, timeout=10)
+            connection = await connect_once(self._urls, order=self._order)
         except Exception as exc:
             log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
             return "failed"

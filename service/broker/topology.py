@@ -14,10 +14,10 @@ from typing import Any, Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from msgspec import Struct
 
-__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "message_count"]
+__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "declare_queue", "message_count"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,13 @@ PARKING_MAX_MESSAGES: Final = 100_000
 PARKING_MAX_BYTES: Final = 256 * 1024 * 1024
 DEAD_LETTER_MAX_MESSAGES: Final = 10_000
 DEAD_LETTER_MAX_BYTES: Final = 256 * 1024 * 1024
+# Members of a quorum queue: three survive the loss of one node (a majority of 3 is 2).
+QUORUM_GROUP_SIZE: Final = 3
+GROUP_SIZE: Final = "x-quorum-initial-group-size"
+SINGLE_ACTIVE: Final = "x-single-active-consumer"
+# Arguments a queue made by an earlier version may lack (docs/reliability.md says what that
+# costs and how to recreate the queue).
+ADDED_LATER: Final = (GROUP_SIZE, SINGLE_ACTIVE)
 
 
 class DeclaredQueue(Struct, frozen=True):
@@ -62,6 +69,9 @@ class Topology(Struct, frozen=True, kw_only=True):
     parking_max_bytes: int = PARKING_MAX_BYTES
     dead_letter_max_messages: int = DEAD_LETTER_MAX_MESSAGES
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    quorum_group_size: int = QUORUM_GROUP_SIZE
+    """Members of each quorum queue when it is first declared (RabbitMQ caps it at the
+    cluster's size; a queue that exists keeps its members)."""
 
     @classmethod
     def prefixed(cls, prefix: str, **delays: Any) -> Topology:
@@ -98,6 +108,7 @@ class Topology(Struct, frozen=True, kw_only=True):
         """Every queue of the topology with its arguments."""
         quorum = {
             "x-queue-type": "quorum",
+            GROUP_SIZE: self.quorum_group_size,
             # at-least-once dead lettering needs reject-publish overflow (RabbitMQ 3.10+).
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
@@ -109,17 +120,25 @@ class Topology(Struct, frozen=True, kw_only=True):
         }
         queues = [
             DeclaredQueue(self.requests_queue, limited, "commands to handle"),
-            DeclaredQueue(self.watch_queue, limited, "clusters being followed"),
+            # One replica at a time follows every cluster (the others stand by and take over
+            # when it goes): one list call per poll interval for the fleet, not per replica.
+            DeclaredQueue(
+                self.watch_queue, {**limited, SINGLE_ACTIVE: True}, "clusters being followed"
+            ),
             DeclaredQueue(
                 self.rejected_queue,
-                _bounded(self.parking_max_messages, self.parking_max_bytes),
+                _bounded(self.parking_max_messages, self.parking_max_bytes, self.quorum_group_size),
                 "parked bad commands",
             ),
             DeclaredQueue(
                 self.dead_letter_queue,
                 # At its bound the sources keep what they dead-letter (at-least-once) until
                 # there is room again.
-                _bounded(self.dead_letter_max_messages, self.dead_letter_max_bytes),
+                _bounded(
+                    self.dead_letter_max_messages,
+                    self.dead_letter_max_bytes,
+                    self.quorum_group_size,
+                ),
                 "messages that exhausted their deliveries",
             ),
             DeclaredQueue(
@@ -139,9 +158,10 @@ class Topology(Struct, frozen=True, kw_only=True):
         return queues
 
 
-def _bounded(messages: int, size: int) -> dict[str, Any]:
+def _bounded(messages: int, size: int, group_size: int) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
+        GROUP_SIZE: group_size,
         "x-max-length": messages,
         "x-max-length-bytes": size,
         "x-overflow": "reject-publish",
@@ -187,7 +207,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     lines.append(f"exchange {topology.dead_letter_exchange} (fanout)")
     for queue in topology.queues():
         try:
-            await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+            _, kept = await declare_queue(channel, queue)
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             if bounds(queue) is None:
                 raise
@@ -198,7 +218,8 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
             log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])
             lines.append(f"queue {queue.name}: {queue.purpose} (exists without bounds; kept)")
             continue
-        lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}")
+        note = f" (exists without {', '.join(kept)}; kept as it is)" if kept else ""
+        lines.append(f"queue {queue.name}: {queue.purpose} {_args(queue.arguments)}{note}")
     await _bind(channel, topology.requests_queue, commands, [topology.command_routing_key])
     lines.append(
         f"binding {topology.commands_exchange} -[{topology.command_routing_key}]-> "
@@ -207,6 +228,30 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
     await _bind(channel, topology.dead_letter_queue, dlx, [""])
     lines.append(f"binding {topology.dead_letter_exchange} -> {topology.dead_letter_queue}")
     return lines
+
+
+async def declare_queue(
+    channel: AbstractChannel, queue: DeclaredQueue
+) -> tuple[AbstractQueue, list[str]]:
+    """Declare one queue; the queue, and the arguments it had to do without. A queue's
+    arguments cannot change: one made by a version that did not declare the group size or
+    single active consumer is declared again without them (every other argument still
+    checked) and used as it is (docs/reliability.md: what that costs, how to recreate it).
+    The channel may have been reopened on the way (its prefetch with it)."""
+    arguments = dict(queue.arguments)
+    kept: list[str] = []
+    while True:
+        try:
+            declared = await channel.declare_queue(queue.name, durable=True, arguments=arguments)
+            return declared, kept
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            missing = [k for k in ADDED_LATER if k in arguments and k in str(exc)]
+            if not missing:
+                raise
+            await channel.reopen()
+            del arguments[missing[0]]
+            kept.append(missing[0])
+            log.warning("queue_argument_not_applied", queue=queue.name, argument=missing[0])
 
 
 async def _bind(

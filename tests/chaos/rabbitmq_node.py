@@ -87,22 +87,43 @@ class RabbitNode:
     """One RabbitMQ node under ``root``; ``start()``/``stop()`` any number of times,
     ``close()`` at the end (idempotent; also after a failure)."""
 
-    def __init__(self, root: Path, *, tls: NodeTls | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        tls: NodeTls | None = None,
+        name: str | None = None,
+        epmd_port: int | None = None,
+        cookie: str | None = None,
+        advanced: str | None = None,
+    ) -> None:
+        """``name``, ``epmd_port`` and ``cookie`` are for the nodes of a cluster
+        (``tests.chaos.rabbitmq_cluster``), which must share an epmd and a cookie;
+        ``advanced`` is the text of an ``advanced.config`` (Erlang terms)."""
         script = server_script()
         if script is None:
             raise NodeError("rabbitmq-server is not installed (`make broker` installs it)")
         self._script = script
         self.root = root
         self.tls = tls
-        self.name = f"provisioner-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.amqp_port, self.dist_port, self.epmd_port, self.amqps_port = _distinct_ports(4)
+        self.name = name or f"provisioner-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.amqp_port, self.dist_port, own_epmd, self.amqps_port = _distinct_ports(4)
+        self.epmd_port = epmd_port or own_epmd
+        self.own_epmd = epmd_port is None
         self._process: asyncio.subprocess.Process | None = None
         self.starts = 0
         for sub in ("mnesia", "log", "home"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        if cookie is not None:
+            cookie_file = root / "home" / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
         (root / "enabled_plugins").write_text("[].\n")
         (root / "rabbitmq-env.conf").write_text("# this node ignores the system's env file\n")
         (root / "rabbitmq.conf").write_text(self._config())
+        self._advanced = advanced
+        if advanced is not None:
+            (root / "advanced.config").write_text(advanced)
 
     def _config(self) -> str:
         plain = self.tls is None or self.tls.plain_listener
@@ -164,13 +185,16 @@ class RabbitNode:
                 "ERL_EPMD_PORT": str(self.epmd_port),
             }
         )
+        if self._advanced is not None:
+            env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(root / "advanced.config")
         return env
 
-    async def ctl(self, *args: str, timeout_s: float = 60.0) -> str:
-        """``rabbitmqctl -q ARGS`` against this node (with its cookie); standard output."""
-        ctl = str(Path(self._script).with_name("rabbitmqctl"))
+    async def ctl(self, *args: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
+        """``rabbitmqctl -q ARGS`` (or another of the broker's CLI tools, such as
+        ``rabbitmq-upgrade``) against this node (with its cookie); standard output."""
+        ctl = str(Path(self._script).with_name(tool))
         if not os.access(ctl, os.X_OK):
-            raise NodeError(f"no rabbitmqctl next to {self._script}")
+            raise NodeError(f"no {tool} next to {self._script}")
         process = await asyncio.create_subprocess_exec(
             ctl,
             "-q",
@@ -186,9 +210,9 @@ class RabbitNode:
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise NodeError(f"rabbitmqctl {args[0]} did not answer in {timeout_s:g} s") from None
+            raise NodeError(f"{tool} {args[0]} did not answer in {timeout_s:g} s") from None
         if process.returncode != 0:
-            raise NodeError(f"rabbitmqctl {args[0]} failed: {err.decode(errors='replace')[:500]}")
+            raise NodeError(f"{tool} {args[0]} failed: {err.decode(errors='replace')[:500]}")
         return out.decode(errors="replace")
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -202,6 +226,8 @@ class RabbitNode:
         """Start the node and wait until it accepts connections."""
         if self.running:
             raise NodeError(f"{self.name} is already running")
+        # Counted from before the start: ``start_app`` (joining a cluster) logs it too.
+        seen = self._log_text().count(STARTED_MARKER)
         with (self.root / "console.out").open("ab") as console:
             self._process = await asyncio.create_subprocess_exec(
                 self._script,
@@ -214,7 +240,7 @@ class RabbitNode:
             )
         self.starts += 1
         deadline = time.monotonic() + timeout_s
-        while self._log_text().count(STARTED_MARKER) < self.starts:
+        while self._log_text().count(STARTED_MARKER) <= seen:
             if not self.running:
                 raise NodeError(f"{self.name} exited while starting:\n{self._log_tail()}")
             if time.monotonic() > deadline:
@@ -239,6 +265,14 @@ class RabbitNode:
             await process.wait()
             raise NodeError(f"{self.name} did not stop in {timeout_s:g} s") from None
 
+    async def kill(self) -> None:
+        """SIGKILL the node (no goodbye: a crashed machine) and wait until it is gone."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._kill_group()
+        await process.wait()
+
     def _kill_group(self) -> None:
         process = self._process
         if process is not None:
@@ -254,7 +288,7 @@ class RabbitNode:
         finally:
             self._kill_group()
             epmd = shutil.which("epmd")
-            if epmd is not None:
+            if epmd is not None and self.own_epmd:
                 # Only the epmd on this node's own port, which this node's start launched.
                 killer = await asyncio.create_subprocess_exec(
                     epmd,

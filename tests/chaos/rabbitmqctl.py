@@ -20,6 +20,7 @@ __all__ = [
     "add_vhost",
     "close_all_connections",
     "delete_vhost",
+    "parse_depths",
     "queue_depths",
     "rabbitmqctl",
 ]
@@ -99,6 +100,11 @@ async def queue_depths(vhost: str) -> dict[str, QueueDepth]:
         "--formatter",
         "json",
     )
+    return parse_depths(out)
+
+
+def parse_depths(out: str) -> dict[str, QueueDepth]:
+    """``list_queues name messages_ready messages_unacknowledged --formatter json``, read."""
     rows = json.loads(out or "[]")
     return {
         row["name"]: QueueDepth(

@@ -41,10 +41,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from msgspec import Struct
 
 from contracts.events import decode_event
+from service.broker.connection import connect
 from service.broker.topology import Topology
 from service.simulator import Simulator, SimulatorConfig
 from tests.chaos import rabbitmqctl
 from tests.chaos.plan import PlannedRequest, build_plan
+from tests.chaos.rabbitmq_cluster import RabbitCluster
+from tests.chaos.rabbitmq_node import NodeError
 from tests.chaos.replicas import Replica, ReplicaError
 from tests.chaos.subscriber import QUEUE as SUBSCRIBER_QUEUE
 from tests.chaos.subscriber import URL_VARIABLE, password_digest
@@ -77,6 +80,9 @@ RESTART_AFTER_S: Final = 1.0
 START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 PUBLISH_ATTEMPTS: Final = 60
+CLUSTER_NODES: Final = 3
+# A killed broker node stays down this long before it is started again.
+NODE_DOWN_S: Final = 3.0
 
 
 class Schedule(Struct, frozen=True, kw_only=True):
@@ -93,10 +99,21 @@ class Schedule(Struct, frozen=True, kw_only=True):
     """Seconds between two chaos actions; publishing spans all of them."""
     settle_s: float
     """How long, after the last publish, everything may take to finish."""
+    node_kills: int = 0
+    """Broker nodes SIGKILLed and started again (on a cluster)."""
+    leader_moves: int = 0
+    """Quorum leaders moved off a node (on a cluster)."""
 
     def actions(self) -> list[str]:
         """Every action, each kind spread evenly over the run."""
-        counts = {"kill": self.kills, "cut": self.cuts, "pause": self.pauses, "slow": self.slows}
+        counts = {
+            "kill": self.kills,
+            "cut": self.cuts,
+            "pause": self.pauses,
+            "slow": self.slows,
+            "node": self.node_kills,
+            "move": self.leader_moves,
+        }
         spread = [((i + 0.5) / n, kind) for kind, n in counts.items() if n > 0 for i in range(n)]
         return [kind for _, kind in sorted(spread)]
 
@@ -106,8 +123,37 @@ class Schedule(Struct, frozen=True, kw_only=True):
         return len(self.actions()) * self.spacing_s
 
 
-def schedule_for(requests: int) -> Schedule:
-    """The reduced run (inside ``make test``) or the full one (``make chaos``)."""
+def schedule_for(requests: int, *, cluster: bool = False) -> Schedule:
+    """The reduced run (inside ``make test``) or the full one (``make chaos``); on a
+    cluster (``make chaos-cluster``) broker nodes are killed too: once (the command queue's
+    leader) in the reduced run, each node in turn in the full one, with leaders moved."""
+    if cluster and requests <= 100:
+        return Schedule(
+            kills=2,
+            cuts=1,
+            pauses=1,
+            pause_s=5.0,
+            slows=0,
+            slow_s=0.0,
+            slow_latency_s=0.0,
+            spacing_s=4.0,
+            settle_s=150.0,
+            node_kills=1,
+        )
+    if cluster:
+        return Schedule(
+            kills=6,
+            cuts=3,
+            pauses=2,
+            pause_s=8.0,
+            slows=2,
+            slow_s=8.0,
+            slow_latency_s=2.0,
+            spacing_s=7.0,
+            settle_s=480.0,
+            node_kills=CLUSTER_NODES,
+            leader_moves=2,
+        )
     if requests <= 100:
         return Schedule(
             kills=3,
@@ -193,12 +239,17 @@ class EventLog:
 class ChaosRun:
     """One run, from an empty virtual host to the verdict."""
 
-    def __init__(self, *, requests: int, replicas: int, seed: int, workdir: Path) -> None:
+    def __init__(
+        self, *, requests: int, replicas: int, seed: int, workdir: Path, cluster: bool = False
+    ) -> None:
         self.requests = requests
+        self.cluster: RabbitCluster | None = (
+            RabbitCluster(workdir / "cluster", CLUSTER_NODES) if cluster else None
+        )
         self.seed = seed
         self.workdir = workdir
         self.rng = random.Random(seed)
-        self.schedule = schedule_for(requests)
+        self.schedule = schedule_for(requests, cluster=cluster)
         self.run_tag = hashlib.sha256(f"{seed}:{uuid.uuid4()}".encode()).hexdigest()[:6]
         self.vhost = f"provisioner-chaos-{self.run_tag}"
         vhost_path = quote(self.vhost, safe="")
@@ -222,7 +273,9 @@ class ChaosRun:
             )
         )
         self.plan = build_plan(requests, seed, list(REPLY_QUEUES), self.run_tag)
-        self.counts = ChaosCounts(replicas=replicas)
+        self.counts = ChaosCounts(replicas=replicas, nodes=CLUSTER_NODES if cluster else 0)
+        self._killed_nodes: set[str] = set()
+        self._node_down = asyncio.Lock()  # one node down at a time: two would cost the quorum
         self.replicas: list[Replica] = []
         self.replica_count = replicas
         self.events = EventLog(workdir / "events.jsonl")
@@ -233,7 +286,14 @@ class ChaosRun:
 
     # --- the processes -----------------------------------------------------------------
 
-    def _replica_env(self) -> dict[str, str]:
+    def _url_for(self, index: int) -> str:
+        """The broker URL(s) of process ``index``: on a cluster every node, in an order that
+        starts process ``index`` at its own node (so replicas sit on different nodes)."""
+        if self.cluster is None:
+            return self.amqp_url
+        return self.cluster.urls(self.vhost, first=index % len(self.cluster.nodes))
+
+    def _replica_env(self, index: int = 0) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -241,7 +301,8 @@ class ChaosRun:
         }
         env.update(
             {
-                "PROVISIONER_AMQP_URL": self.amqp_url,
+                "PROVISIONER_AMQP_URL": self._url_for(index),
+                "PROVISIONER_AMQP_URL_ORDER": "listed",
                 "DIGITALOCEAN_TOKEN": self.token,
                 "DIGITALOCEAN_API_URL": self.simulator.base_url,
                 "PROVISIONER_MANAGED_TAG": MANAGED_TAG,
@@ -266,7 +327,7 @@ class ChaosRun:
         return env
 
     async def _start_subscriber(self) -> None:
-        env = {**os.environ, URL_VARIABLE: self.amqp_url}
+        env = {**os.environ, URL_VARIABLE: self._url_for(len(self.replicas) + 1)}
         log_path = self.workdir / "subscriber.log"
         with log_path.open("ab") as log:
             self._subscriber = await asyncio.create_subprocess_exec(
@@ -298,8 +359,8 @@ class ChaosRun:
             await process.wait()
 
     async def _start_replicas(self) -> None:
-        env = self._replica_env()
         for i in range(1, self.replica_count + 1):
+            env = self._replica_env(i - 1)
             replica = Replica(f"replica-{i}", env, self.workdir / f"replica-{i}.log")
             self.replicas.append(replica)
             await replica.start()
@@ -327,8 +388,87 @@ class ChaosRun:
             print(f"restart failed: {exc}", file=sys.stderr, flush=True)
 
     async def _cut_connections(self) -> None:
-        await rabbitmqctl.close_all_connections(self.vhost, "chaos run")
+        if self.cluster is None:
+            await rabbitmqctl.close_all_connections(self.vhost, "chaos run")
+        else:
+            # On each node: close_all_connections closes those of the node it runs on.
+            for node in self.cluster.nodes:
+                if node.running:
+                    with contextlib.suppress(NodeError):
+                        await node.ctl("close_all_connections", "-p", self.vhost, "chaos run")
         self.counts.connection_cuts += 1
+
+    async def _queue_depths(self) -> dict[str, rabbitmqctl.QueueDepth]:
+        if self.cluster is None:
+            return await rabbitmqctl.queue_depths(self.vhost)
+        out = await self.cluster.ctl(
+            "list_queues",
+            "-p",
+            self.vhost,
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "--formatter",
+            "json",
+        )
+        return rabbitmqctl.parse_depths(out)
+
+    async def _kill_node(self) -> None:
+        """SIGKILL a broker node: the one leading the command queue if it was not killed
+        yet, else one not killed yet (so every node goes down once), else the leader; then
+        start it again and wait until it is back."""
+        cluster = self.cluster
+        assert cluster is not None
+        async with self._node_down:
+            queue = self.topology.requests_queue
+            leader, _ = await cluster.wait_for_leader(self.vhost, queue)
+            fresh = [n for n in cluster.nodes if n.name not in self._killed_nodes]
+            victim = cluster.node_named(leader)
+            if victim.name in self._killed_nodes and fresh:
+                victim = fresh[0]
+            self._killed_nodes.add(victim.name)
+            await victim.kill()
+            self.counts.node_kills += 1
+            print(f"    killed broker node {victim.name}", flush=True)
+            if victim.name == leader:
+                self.counts.node_kills_of_leader += 1
+                _, took = await cluster.wait_for_leader(self.vhost, queue, other_than=leader)
+                self.counts.leader_elections_s.append(round(took, 1))
+            await asyncio.sleep(NODE_DOWN_S)
+            began = time.monotonic()
+            try:
+                await victim.start(timeout_s=120)
+                await self._wait_members_back()
+                self.counts.node_restarts_s.append(round(time.monotonic() - began, 1))
+            except NodeError as exc:
+                self.counts.node_restart_failures += 1
+                print(f"node restart failed: {exc}", file=sys.stderr, flush=True)
+
+    async def _wait_members_back(self) -> None:
+        """Until the cluster sees every node running again."""
+        cluster = self.cluster
+        assert cluster is not None
+        deadline = time.monotonic() + 120
+        while len(await cluster.running_nodes()) < len(cluster.nodes):
+            if time.monotonic() > deadline:
+                raise NodeError("a restarted node did not rejoin in 120 s")
+            await asyncio.sleep(0.5)
+
+    async def _move_leaders(self) -> None:
+        """Move every quorum leader off the node leading the command queue, the way a rolling
+        upgrade does (``rabbitmq-upgrade drain``, then ``revive``)."""
+        cluster = self.cluster
+        assert cluster is not None
+        async with self._node_down:
+            queue = self.topology.requests_queue
+            leader, _ = await cluster.wait_for_leader(self.vhost, queue)
+            node = cluster.node_named(leader)
+            await node.ctl("drain", tool="rabbitmq-upgrade", timeout_s=120)
+            try:
+                await cluster.wait_for_leader(self.vhost, queue, other_than=leader)
+                self.counts.leader_moves += 1
+            finally:
+                await node.ctl("revive", tool="rabbitmq-upgrade", timeout_s=120)
 
     async def _take_api_away(self) -> None:
         await self.simulator.pause()
@@ -355,6 +495,10 @@ class ChaosRun:
             print(f"  chaos {i + 1}: {action} at {time.monotonic() - began:.1f} s", flush=True)
             if action == "kill":
                 await self._kill_one()
+            elif action == "node":
+                self._background.append(asyncio.create_task(self._kill_node()))
+            elif action == "move":
+                self._background.append(asyncio.create_task(self._move_leaders()))
             elif action == "cut":
                 await self._cut_connections()
             elif action == "pause":
@@ -422,7 +566,7 @@ class ChaosRun:
         while time.monotonic() < deadline:
             self.events.refresh()
             if self.events.settled(self.plan):
-                depths = await rabbitmqctl.queue_depths(self.vhost)
+                depths = await self._queue_depths()
                 if all(q in depths and depths[q].total == 0 for q in queues):
                     return
             await asyncio.sleep(1.0)
@@ -534,15 +678,26 @@ class ChaosRun:
         schedule = self.schedule
         print(
             f"chaos run: {self.requests} requests, {self.replica_count} replicas, seed "
-            f"{self.seed}, vhost {self.vhost}, logs in {self.workdir}",
+            f"{self.seed}, vhost {self.vhost}, logs in {self.workdir}"
+            + (" (on a three-node cluster)" if self.cluster is not None else ""),
             flush=True,
         )
-        await rabbitmqctl.add_vhost(self.vhost)
-        self._vhost_created = True
+        if self.cluster is not None:
+            began = time.monotonic()
+            await self.cluster.start()
+            print(
+                f"  a cluster of {len(self.cluster.nodes)} nodes in "
+                f"{time.monotonic() - began:.0f} s",
+                flush=True,
+            )
+            await self.cluster.add_vhost(self.vhost)
+        else:
+            await rabbitmqctl.add_vhost(self.vhost)
+            self._vhost_created = True
         await self.simulator.start()
         await self._start_subscriber()
         await self._start_replicas()
-        connection = await aio_pika.connect_robust(self.amqp_url, reconnect_interval=1)
+        connection = await connect(self._url_for(0), order="listed")
         try:
             setup = await connection.channel()
             for name in REPLY_QUEUES:
@@ -558,7 +713,7 @@ class ChaosRun:
             codes = await asyncio.gather(*(r.terminate(STOP_TIMEOUT_S) for r in self.replicas))
             exit_codes = {r.name: code for r, code in zip(self.replicas, codes, strict=True)}
             self.events.refresh()
-            depths = await rabbitmqctl.queue_depths(self.vhost)
+            depths = await self._queue_depths()
             parked = await self._drain(connection, self.topology.rejected_queue)
             replies = await self._replies(connection)
             dead = await self._drain(connection, self.topology.dead_letter_queue)
@@ -600,6 +755,8 @@ class ChaosRun:
                 await replica.kill()
         await self._stop_subscriber()
         await self.simulator.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._vhost_created:
             with contextlib.suppress(rabbitmqctl.RabbitmqctlError):
                 await rabbitmqctl.delete_vhost(self.vhost)
@@ -622,6 +779,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=int, default=3, help="service processes (3)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the mix and the faults")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a three-node RabbitMQ cluster of the run's own, killing nodes too",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the run's directory even when it passes"
     )
     return parser
@@ -639,7 +801,13 @@ def main(argv: list[str] | None = None) -> int:
         filename=workdir / "driver.txt", level=logging.WARNING, format="%(name)s %(message)s"
     )
     started = time.monotonic()
-    run = ChaosRun(requests=args.requests, replicas=args.replicas, seed=seed, workdir=workdir)
+    run = ChaosRun(
+        requests=args.requests,
+        replicas=args.replicas,
+        seed=seed,
+        workdir=workdir,
+        cluster=args.cluster,
+    )
     try:
         verdict = asyncio.run(_until_signalled(run))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -30,6 +30,7 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts.events import ConnectionReady, Event, Failed, Rejected, StatusChanged, decode_event
+from service.broker.connection import connect
 
 __all__ = ["URL_VARIABLE", "event_line", "main", "password_digest"]
 
@@ -81,7 +82,8 @@ def event_line(event: Event, message: AbstractIncomingMessage) -> dict[str, Any]
 
 async def record(url: str, out: IO[str], stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, writing one line per delivery."""
-    connection = await aio_pika.connect_robust(url, reconnect_interval=1)
+    # A list of a cluster's nodes, or one broker: the service's own failover.
+    connection = await connect(url, order="listed", reconnect_interval_s=1)
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=200)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import Any, Final
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 from service.provisioning.commands import request_tag
 from tests.chaos.plan import PlannedRequest
@@ -53,6 +53,14 @@ class ChaosCounts(Struct, kw_only=True):
     slow_phases: int = 0
     resends: int = 0
     publish_retries: int = 0
+    # On a cluster (``--cluster``) only.
+    nodes: int = 0
+    node_kills: int = 0
+    node_kills_of_leader: int = 0
+    node_restart_failures: int = 0
+    leader_moves: int = 0
+    leader_elections_s: list[float] = field(default_factory=list)
+    node_restarts_s: list[float] = field(default_factory=list)
 
 
 class ClusterSeen(Struct, frozen=True, kw_only=True):
@@ -322,6 +330,8 @@ def judge(evidence: Evidence) -> Verdict:
     counts = evidence.counts
     if counts.restart_failures:
         failures.append(f"{counts.restart_failures} killed replicas did not start again")
+    if counts.node_restart_failures:
+        failures.append(f"{counts.node_restart_failures} killed broker nodes did not come back")
 
     # --- secrets ---------------------------------------------------------------------------
     found = sum(evidence.secrets_found.values())
@@ -368,4 +378,20 @@ def judge(evidence: Evidence) -> Verdict:
         f"status_changed events beyond null->creating->online: {extra_transitions} "
         "(adoptions announcing a cluster again; not a failure)",
     ]
+    if counts.nodes:
+        elections = counts.leader_elections_s
+        restarts = counts.node_restarts_s
+        figures.insert(
+            3,
+            f"broker nodes killed: {counts.node_kills} of {counts.nodes} (SIGKILL; "
+            f"{counts.node_kills_of_leader} leading the command queue; new leader "
+            f"after {_spread(elections)}; node back after {_spread(restarts)}); "
+            f"quorum leaders moved: {counts.leader_moves} (rabbitmq-upgrade drain/revive)",
+        )
     return Verdict(lines=figures, failures=failures)
+
+
+def _spread(seconds: list[float]) -> str:
+    if not seconds:
+        return "-"
+    return f"{min(seconds):.1f}-{max(seconds):.1f} s"

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import aio_pika
 import msgspec
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from contracts.events import ConnectionReady, Event, Failed, Rejected
 from service.app import Service
@@ -166,14 +166,34 @@ async def publish(
 
 
 async def get_all(connection: AbstractRobustConnection, name: str) -> list[Any]:
-    """Take every message now in ``name`` (acked)."""
+    """Take every message now in ``name`` (acked). By consuming, not ``basic.get``: the
+    watch queue has a single active consumer, and RabbitMQ refuses ``basic.get`` on such a
+    quorum queue. As many as the queue said it held when looked at."""
     channel = await connection.channel()
     taken: list[Any] = []
     try:
         queue = await channel.declare_queue(name, passive=True)
-        while (message := await queue.get(fail=False, timeout=5)) is not None:
+        result = queue.declaration_result
+        expected = int(result.message_count or 0) if result else 0
+        if not expected:
+            return taken
+        await channel.set_qos(prefetch_count=expected)
+        done = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            if done.is_set():  # arrived after the look: not "now in" the queue
+                await message.nack(requeue=True)
+                return
             await message.ack()
             taken.append(message)
+            if len(taken) >= expected:
+                done.set()
+
+        tag = await queue.consume(take)
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        finally:
+            await queue.cancel(tag)
     finally:
         await channel.close()
     return taken

@@ -54,6 +54,8 @@ DECODED: Final[dict[str, tuple[str, Any]]] = {
     "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": ("1800", 1800.0),
     "PROVISIONER_FINISH_MAX_ATTEMPTS": ("3", 3),
     "PROVISIONER_FINISH_BUDGET_S": ("5", 5.0),
+    "PROVISIONER_AMQP_URL_ORDER": ("listed", "listed"),
+    "PROVISIONER_QUORUM_GROUP_SIZE": ("5", 5),
 }
 
 # A value each variable refuses, and words of the rule the error must state.
@@ -87,6 +89,8 @@ REFUSED: Final[list[tuple[str, str, str]]] = [
     ("PROVISIONER_LOG_LEVEL", "verbose", "enum"),
     ("PROVISIONER_EVENT_SECRETS", "hide", "enum"),
     ("PROVISIONER_POLL_MODE", "push", "enum"),
+    ("PROVISIONER_AMQP_URL_ORDER", "random", "enum"),
+    ("PROVISIONER_QUORUM_GROUP_SIZE", "0", ">= 1"),
 ]
 
 
@@ -180,6 +184,34 @@ def test_a_broker_url_that_is_not_amqp_is_refused_without_its_password(url: str)
     with pytest.raises(ConfigError, match="PROVISIONER_AMQP_URL") as refused:
         load_settings(env(PROVISIONER_AMQP_URL=url))
     assert AMQP_PASSWORD not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (f"{AMQP_URL},", "empty address (address 2 of 2)"),
+        (f"{AMQP_URL},http://svc:{AMQP_PASSWORD}@rabbit:5672/", "(address 2 of 2)"),
+        (
+            f"{AMQP_URL},amqps://other:{AMQP_PASSWORD}@rabbit-2:5671/databases",
+            "every address must name the same user",
+        ),
+    ],
+    ids=["trailing-comma", "second-not-amqp", "two-users"],
+)
+def test_a_bad_address_in_a_list_is_named_by_its_position_without_its_password(
+    value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match="PROVISIONER_AMQP_URL") as refused:
+        load_settings(env(PROVISIONER_AMQP_URL=value))
+    assert says in str(refused.value)
+    assert AMQP_PASSWORD not in str(refused.value)
+
+
+def test_a_list_of_addresses_gives_every_node_and_one_user() -> None:
+    second = AMQP_URL.replace("rabbit.internal", "rabbit-2.internal")
+    settings = load_settings(env(PROVISIONER_AMQP_URL=f" {AMQP_URL} , {second} "))
+    assert settings.amqp_urls == [AMQP_URL, second]
+    assert settings.amqp_user == "provisioner"
 
 
 def test_a_bad_managed_tag_error_states_the_pattern() -> None:
