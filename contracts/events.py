@@ -53,6 +53,7 @@ FailureReason = Literal[
     "retries_exhausted",  # 429/5xx/transport failures outlasted every attempt
     "finishing",  # a user, database or the CA could not be had once online
     "request_conflict",  # the request_id was used before with a different cluster body
+    "credentials_unavailable",  # DigitalOcean showed empty passwords (a read-only token)
 ]
 
 
@@ -61,6 +62,13 @@ Producer = Annotated[
     Meta(
         description="The RabbitMQ user that sent the command (its AMQP user_id, checked by the "
         "broker): whose request this is. A request is (producer, request_id)."
+    ),
+]
+Warnings = Annotated[
+    list[str],
+    Meta(
+        description="What the request should know but that did not stop it, one sentence "
+        "each: a version near or past its end of availability or end of life."
     ),
 ]
 SealedBox = Annotated[
@@ -103,6 +111,7 @@ class StatusChangedData(Struct, omit_defaults=True):
     engine: str
     status: str
     previous_status: str | None = None
+    warnings: Warnings = []
     producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
@@ -133,6 +142,7 @@ class ConnectionReadyData(Struct, omit_defaults=True):
     ca_certificate: str | None = None
     secrets: Literal["included", "omitted", "sealed"] = "included"
     sealed_secrets: SealedBox | None = None
+    warnings: Warnings = []
     producer: Producer | None = None
     metadata: dict[str, str] | None = None
 
@@ -207,10 +217,23 @@ class ConnectionReady(_CloudEvent, tag="database.cluster.connection_ready"):
     data: ConnectionReadyData
 
     @classmethod
-    def of(cls, data: ConnectionReadyData, *, source: str = DEFAULT_SOURCE) -> ConnectionReady:
-        """The event for this request, with its deterministic id."""
+    def of(
+        cls,
+        data: ConnectionReadyData,
+        *,
+        source: str = DEFAULT_SOURCE,
+        credentials: str | None = None,
+    ) -> ConnectionReady:
+        """The event for this request, with its deterministic id. ``credentials`` names
+        passwords the service had to make anew (a reset) after an earlier announcement may
+        have gone out: the event then has an id of its own (transition
+        ``connection_ready:<credentials>``), so a subscriber that deduplicates on (``source``,
+        ``id``) takes the new passwords instead of dropping them as a redelivery."""
+        transition = (
+            "connection_ready" if credentials is None else f"connection_ready:{credentials}"
+        )
         return cls(
-            id=event_id(data.request_id, "connection_ready", data.producer),
+            id=event_id(data.request_id, transition, data.producer),
             source=source,
             subject=data.request_id,
             data=data,

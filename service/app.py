@@ -42,6 +42,7 @@ from service.http import HealthServer
 from service.metrics import ProvisionerMetrics
 from service.observability import configure_logging, register_secret
 from service.provisioning.commands import CommandHandler, CommandOutcome
+from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
@@ -112,6 +113,11 @@ class SecretRegisteringApi:
 
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         return await self._client.add_database(cluster_id, name)
+
+    async def reset_auth(self, cluster_id: str, user_name: str) -> DatabaseUser:
+        user = await self._client.reset_auth(cluster_id, user_name)
+        _register_user(user)
+        return user
 
 
 def _register_user(user: DatabaseUser) -> None:
@@ -231,6 +237,9 @@ class Service:
             on_failed=self.metrics.count_failed,
         )
         factory = EventFactory(s.event_source, s.event_secrets)
+        # Every replica derives the same key from the token: any of them opens a watch's
+        # kept passwords (docs/security.md).
+        seal = CredentialSeal(s.token)
         snapshot = (
             ClusterSnapshot(
                 self.api,
@@ -257,6 +266,7 @@ class Service:
             max_message_bytes=s.max_message_bytes,
             on_unauthorized=self._on_unauthorized,
             on_parked=self.metrics.count_parked,
+            seal=seal,
         )
         watches = WatchHandler(
             api=self.api,
@@ -267,6 +277,10 @@ class Service:
             not_found_grace_s=s.not_found_grace_s,
             finish_max_attempts=s.finish_max_attempts,
             on_unauthorized=self._on_unauthorized,
+            finish_budget_s=s.finish_budget_s,
+            # Long enough for another watch of the same cluster to finish and announce first.
+            reset_grace_s=s.finish_budget_s + 2 * s.poll_interval_s,
+            seal=seal,
         )
         self._commands = CommandConsumer(
             command_channel,

@@ -61,6 +61,7 @@ class Settings(Struct, kw_only=True, frozen=True):
     rate_limit_minute_window_s: PositiveFloat = 60.0
     rate_limit_hour_window_s: PositiveFloat = 3600.0
     finish_max_attempts: Annotated[int, Meta(ge=1)] = 10
+    finish_budget_s: PositiveFloat = 30.0
     amqp_url_order: Literal["shuffle", "listed"] = "shuffle"
     quorum_group_size: Annotated[int, Meta(ge=1, le=99)] = 3
 
@@ -123,6 +124,7 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S": "rate_limit_minute_window_s",
     "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": "rate_limit_hour_window_s",
     "PROVISIONER_FINISH_MAX_ATTEMPTS": "finish_max_attempts",
+    "PROVISIONER_FINISH_BUDGET_S": "finish_budget_s",
     "PROVISIONER_AMQP_URL_ORDER": "amqp_url_order",
     "PROVISIONER_QUORUM_GROUP_SIZE": "quorum_group_size",
 }

@@ -570,6 +570,17 @@ class DigitalOceanClient:
             raise self._error(operation, reply)
         return self._decode(operation, reply, _USER).user
 
+    async def reset_auth(self, cluster_id: str, user_name: str) -> DatabaseUser:
+        """``POST /v2/databases/{cluster_id}/users/{user_name}/reset_auth``: the user with a
+        new password (for MongoDB the only way to learn one after the POST that made it).
+        Not retried: each reset makes another password."""
+        operation = "reset_auth"
+        path = f"/v2/databases/{_path_id(cluster_id)}/users/{_path_id(user_name)}/reset_auth"
+        reply = await self._exchange(operation, "POST", path, body=b"{}")
+        if not reply.ok:
+            raise self._error(operation, reply)
+        return self._decode(operation, reply, _USER).user
+
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         """``POST /v2/databases/{cluster_id}/dbs``; not retried (a replay could get a 422)."""
         operation = "add_database"

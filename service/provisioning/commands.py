@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ from service.digitalocean import (
     Unauthorized,
     Unprocessable,
 )
+from service.provisioning.credentials import CredentialSeal, passwords_of
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import (
     APP_ID,
@@ -237,8 +239,12 @@ class CommandHandler:
         on_unauthorized: Callable[[], Awaitable[None]],
         on_parked: Callable[[ParkReason], None] | None = None,
         wall: Callable[[], float] = time.time,
+        seal: CredentialSeal | None = None,
     ) -> None:
         self._api = api
+        # Without the deployment's seal (unit tests), a key of this process: another replica
+        # then finishes the cluster by a password reset.
+        self._seal = seal if seal is not None else CredentialSeal(secrets.token_hex(32))
         self._events = events
         self._work = work
         self._factory = factory
@@ -291,8 +297,10 @@ class CommandHandler:
             return CommandOutcome("rejected", "ack")
         if producer is not None:
             errors += self._authorize(producer, command, delivery)
+        warnings: list[str] = []
         if not errors:
             errors += await self._offer.check(command.cluster)
+            warnings = await self._offer.warnings(command.cluster)
         if producer is None or errors:
             await self._reject(delivery, errors, producer)
             return CommandOutcome("rejected", "ack")
@@ -304,7 +312,7 @@ class CommandHandler:
         # One command per request at a time in this replica: a second one (a producer's
         # retry, a reused id) then sees what the first created instead of racing it.
         async with self._busy.hold(request_tag(self._managed_tag, producer, command.request_id)):
-            return await self._provision(delivery, command, producer, _attempt(delivery))
+            return await self._provision(delivery, command, producer, _attempt(delivery), warnings)
 
     def _producer(self, delivery: Delivery) -> str | None:
         """Whose command this is: its ``user_id``, which RabbitMQ vouches for; on a copy the
@@ -418,7 +426,12 @@ class CommandHandler:
         await self._events.publish(event, reply_to=reply_to, correlation_id=delivery.correlation_id)
 
     async def _provision(
-        self, delivery: Delivery, command: ProvisionDatabase, producer: str, attempt: int
+        self,
+        delivery: Delivery,
+        command: ProvisionDatabase,
+        producer: str,
+        attempt: int,
+        warnings: list[str],
     ) -> CommandOutcome:
         mine = request_tag(self._managed_tag, producer, command.request_id)
         spec = spec_tag(self._managed_tag, command.cluster)
@@ -497,7 +510,7 @@ class CommandHandler:
                 )
             log.info("cluster_adopted", cluster_id=cluster.id)
         self._remember(mine, cluster)
-        await self._start_watching(delivery, command, producer, cluster)
+        await self._start_watching(delivery, command, producer, cluster, warnings)
         return CommandOutcome(outcome, "ack")
 
     async def _limits(
@@ -593,6 +606,7 @@ class CommandHandler:
         command: ProvisionDatabase,
         producer: str,
         cluster: DatabaseCluster,
+        warnings: list[str],
     ) -> None:
         structlog.contextvars.bind_contextvars(cluster_id=cluster.id)
         now = self._wall()
@@ -613,6 +627,10 @@ class CommandHandler:
             correlation_id=delivery.correlation_id,
             producer=producer,
             recipient_public_key=command.recipient_public_key,
+            # The create's answer may be the only one that ever shows the admin's password
+            # (MongoDB): kept, sealed, until connection_ready.
+            kept=self._seal.seal(passwords_of(cluster)),
+            warnings=warnings,
         )
         event = self._factory.status_changed(watch, watch.status or "creating", None)
         await self._events.publish(

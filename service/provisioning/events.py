@@ -54,16 +54,23 @@ class EventFactory:
             engine=watch.engine,
             status=status,
             previous_status=previous,
+            warnings=list(watch.warnings),
             producer=watch.producer,
             metadata=watch.metadata,
         )
         return StatusChanged.of(data, source=self.source)
 
     def connection_ready(
-        self, watch: WatchState, cluster: DatabaseCluster, ca_certificate: str | None
+        self,
+        watch: WatchState,
+        cluster: DatabaseCluster,
+        ca_certificate: str | None,
+        *,
+        credentials: str | None = None,
     ) -> ConnectionReady:
         """The finished cluster's connection details: secrets sealed to the command's
-        ``recipient_public_key`` when it gave one, else per the deployment's policy."""
+        ``recipient_public_key`` when it gave one, else per the deployment's policy.
+        ``credentials``: see ``ConnectionReady.of`` (passwords made anew by a reset)."""
         wanted = {u.name for u in watch.users}
         users = [u for u in cluster.users or [] if u.name in wanted or u.role == "primary"]
         data = ConnectionReadyData(
@@ -81,6 +88,7 @@ class EventFactory:
             users=users,
             db_names=list(cluster.db_names or []),
             ca_certificate=ca_certificate,
+            warnings=list(watch.warnings),
             producer=watch.producer,
             metadata=watch.metadata,
         )
@@ -91,7 +99,7 @@ class EventFactory:
         elif self.secrets != "include":
             # "sealed" without a key: a watch accepted before the setting changed; never plain.
             data, _ = without_secrets(data)
-        return ConnectionReady.of(data, source=self.source)
+        return ConnectionReady.of(data, source=self.source, credentials=credentials)
 
     def rejected(
         self,

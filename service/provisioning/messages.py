@@ -42,9 +42,10 @@ REJECTION_HEADER: Final = "x-rejection-reason"
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
 OVERSIZED_CONTENT_TYPE: Final = "application/vnd.provisioner.oversized+json"
-# 2: watches name their producer and may carry a recipient key. A replica leaves a watch of a
-# newer version to a replica that knows it (an older one would drop what it cannot read).
-WATCH_VERSION: Final = 2
+# 2: watches name their producer and may carry a recipient key. 3: they may carry kept
+# passwords (sealed) and warnings. A replica leaves a watch of a newer version to a replica
+# that knows it (an older one would drop what it cannot read: a kept password for ever).
+WATCH_VERSION: Final = 3
 # On a command the service sends on (a retry, a parked copy): the producer it came from. The
 # copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
 # request it is; it is believed only on messages whose user_id is the service's.
@@ -88,6 +89,13 @@ class WatchState(Struct, kw_only=True, omit_defaults=True):
     finish_attempts: int = 0
     producer: str | None = None  # the RabbitMQ user whose request this is
     recipient_public_key: str | None = None  # seal connection_ready's secrets to this key
+    # Passwords only a POST answer carried (MongoDB's), by user name, sealed for the service
+    # itself (``service.provisioning.credentials``): never in plaintext in the broker.
+    kept: str | None = None
+    credentials_reset: bool = False  # a kept password came from a reset (see ConnectionReady)
+    # When this watch first lacked a password (wall clock): it resets only a grace later.
+    missing_since: float | None = None
+    warnings: list[str] = []  # the command's, repeated on each of its events
     # The W3C trace context of the command's span: each watch step is a span of its trace,
     # on whichever replica it runs (service/tracing.py).
     traceparent: str | None = None

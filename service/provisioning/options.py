@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Final
 
 import structlog
 
@@ -19,7 +20,7 @@ from contracts.errors import FieldError
 from service.digitalocean import ApiError
 from service.provisioning.ports import ClusterApi
 
-__all__ = ["OfferCheck", "check_against_options"]
+__all__ = ["NEAR_END_S", "OfferCheck", "availability_warnings", "check_against_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +31,9 @@ def check_against_options(
     path: str = "$.cluster",
     now: datetime | None = None,
 ) -> list[FieldError]:
-    """Region, version, node count and size the engine offers; versions still available."""
+    """Region, version, node count and size the engine offers. A version the options offer
+    is accepted whatever its dates say (see ``availability_warnings``): the check is never
+    stricter than the API."""
     offer = options.options.get(cluster.engine)
     if offer is None:
         return []  # an engine the options do not list: let the API decide
@@ -51,8 +54,6 @@ def check_against_options(
                 f"offered: {', '.join(offer.versions)}",
             )
         )
-    elif cluster.version is not None:
-        errors.extend(_availability(cluster, options, path, now or datetime.now(UTC)))
     layouts = {layout.num_nodes: layout.sizes for layout in offer.layouts}
     if layouts and cluster.num_nodes not in layouts:
         counts = ", ".join(str(n) for n in sorted(layouts))
@@ -73,25 +74,48 @@ def check_against_options(
     return errors
 
 
-def _availability(
-    cluster: DatabaseClusterCreate, options: DatabaseOptions, path: str, now: datetime
-) -> list[FieldError]:
+NEAR_END_S: Final = 90 * 86400.0
+"""A version whose end of availability or end of life is this close is announced as near it."""
+
+
+def availability_warnings(
+    cluster: DatabaseClusterCreate, options: DatabaseOptions, now: datetime | None = None
+) -> list[str]:
+    """What the events say of the version asked for (the engine's default when none was):
+    past or near its end of availability or end of life. Warnings, never errors: the
+    options document is DigitalOcean's word on what it offers, and its dates age with the
+    calendar (a version past its date was still offered; the API decides)."""
+    offer = options.options.get(cluster.engine)
+    version = cluster.version or (offer.default_version if offer is not None else None)
+    if version is None:
+        return []
+    now = now or datetime.now(UTC)
+    warnings: list[str] = []
     for item in options.version_availability.get(cluster.engine, []):
-        if item.version != cluster.version or not item.end_of_availability:
+        if item.version != version:
             continue
-        try:
-            end = datetime.fromisoformat(item.end_of_availability)
-        except ValueError:
-            return []
-        if end <= now:
-            return [
-                FieldError(
-                    f"{path}.version",
-                    f"`{cluster.engine}` version {cluster.version!r} can no longer be "
-                    f"created (end of availability {item.end_of_availability})",
+        for label, stamp in (
+            ("end of availability", item.end_of_availability),
+            ("end of life", item.end_of_life),
+        ):
+            if not stamp:
+                continue
+            try:
+                end = datetime.fromisoformat(stamp)
+            except ValueError:
+                continue
+            if end.tzinfo is None:
+                end = end.replace(tzinfo=UTC)
+            if end <= now:
+                warnings.append(
+                    f"`{cluster.engine}` version {version!r} is past its {label} "
+                    f"({stamp[:10]}); DigitalOcean may stop offering or supporting it"
                 )
-            ]
-    return []
+            elif (end - now).total_seconds() <= NEAR_END_S:
+                warnings.append(
+                    f"`{cluster.engine}` version {version!r} reaches its {label} on {stamp[:10]}"
+                )
+    return warnings
 
 
 class OfferCheck:
@@ -111,6 +135,12 @@ class OfferCheck:
         """The offer errors of ``cluster``; none when the options cannot be had."""
         options = await self._current()
         return [] if options is None else check_against_options(cluster, options)
+
+    async def warnings(self, cluster: DatabaseClusterCreate) -> list[str]:
+        """The version warnings of ``cluster`` (cached options; none when they cannot be
+        had)."""
+        options = await self._current()
+        return [] if options is None else availability_warnings(cluster, options)
 
     async def _current(self) -> DatabaseOptions | None:
         if self._clock() - self._fetched_at < self._ttl_s:

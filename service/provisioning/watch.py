@@ -11,20 +11,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import random
+import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 import structlog
 from msgspec import Struct
 
-from contracts.digitalocean import CaCertificate, DatabaseCluster, DatabaseUserCreate
+from contracts.digitalocean import (
+    CaCertificate,
+    DatabaseCluster,
+    DatabaseUser,
+    DatabaseUserCreate,
+)
 from contracts.events import ApiErrorDetail, Event, FailureReason
 from service.digitalocean import (
     ApiError,
+    Forbidden,
     NotFound,
     RateLimited,
     ServerError,
@@ -33,6 +41,7 @@ from service.digitalocean import (
     Unprocessable,
 )
 from service.digitalocean.client import ClusterScan
+from service.provisioning.credentials import CredentialSeal, missing_passwords, with_passwords
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
@@ -79,6 +88,17 @@ JOIN: Final = 200
 STEPS_AT_ONCE: Final = 64
 # A cluster whose watch has not been seen for this long is no longer read in full.
 FOLLOW_FOR_S: Final = 3600.0
+# Finishing calls that a just-online cluster refuses are tried again within one step for
+# this long, backing off from FINISH_BACKOFF_S to FINISH_BACKOFF_MAX_S (jittered); then the
+# watch comes back one poll later (``PROVISIONER_FINISH_MAX_ATTEMPTS`` times at most).
+FINISH_BUDGET_S: Final = 30.0
+FINISH_BACKOFF_S: Final = 0.1
+FINISH_BACKOFF_MAX_S: Final = 5.0
+# A watch that lacks a password resets it only this long after it first found it missing
+# (``reset_grace_s``; the service uses its finishing budget plus two poll intervals): another
+# watch of the same cluster (a command or watch delivered twice) may hold the POST answers and
+# be finishing meanwhile; it announces first, and the reset's announcement supersedes it.
+RESET_GRACE_S: Final = FINISH_BUDGET_S + 20.0
 
 
 class WatchOutcome(Struct, frozen=True):
@@ -415,12 +435,105 @@ class ClusterSnapshot:
 
 
 class _StepFailed(Exception):
-    """A finishing step failed with an API error."""
+    """A finishing step failed with an API error; the passwords had before it."""
 
-    def __init__(self, step: str, error: ApiError) -> None:
+    def __init__(self, step: str, error: ApiError, kept: dict[str, str], reset: bool) -> None:
         super().__init__(step)
         self.step = step
         self.error = error
+        self.kept = kept
+        self.reset = reset
+
+
+class _NoCredentials(Exception):
+    """DigitalOcean showed no password for these users, not even for a reset."""
+
+    def __init__(self, step: str, users: list[str], error: ApiError | None = None) -> None:
+        super().__init__(step)
+        self.step = step
+        self.api_error = api_error_detail(error) if error is not None else None
+        refused = f" (the reset was refused: {error.message})" if error is not None else ""
+        self.message = (
+            f"DigitalOcean showed no password for {', '.join(users)}, not even in the answer "
+            f"to a password reset{refused}: the API token may read but not see credentials "
+            "(a read-only token, or one without the database:view_credentials scope); give "
+            "the service a token with read and write access to databases. The cluster is "
+            "left as it is."
+        )
+
+
+class _ResetLater(Exception):
+    """A watch lacks a password: it comes back before resetting it (``reset_grace_s``)."""
+
+    def __init__(self, kept: dict[str, str], since: float) -> None:
+        super().__init__("reset later")
+        self.kept = kept
+        self.since = since
+
+
+class _Finished(Struct, frozen=True):
+    """A finished cluster with every password in place, its CA, the passwords had from POST
+    answers, and whether one came from a reset."""
+
+    cluster: DatabaseCluster
+    ca: CaCertificate
+    kept: dict[str, str]
+    reset: bool
+
+
+_T = TypeVar("_T")
+
+
+def _settling(exc: ApiError) -> bool:
+    """An error a just-online cluster answers for a while (issue #493, PR #1027), or a
+    transient one: the call is worth trying again."""
+    return isinstance(exc, (NotFound, *TRANSIENT)) or exc.status in (409, 412)
+
+
+class _Budget:
+    """Retries of finishing calls with jittered exponential backoff, until ``deadline``
+    (monotonic): past it the error goes up, and the watch comes back one poll later."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    async def call(self, step: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        delay = FINISH_BACKOFF_S
+        while True:
+            try:
+                return await attempt()
+            except ApiError as exc:
+                if not _settling(exc):
+                    raise
+                wait = delay * random.uniform(0.5, 1.5)
+                if isinstance(exc, RateLimited):
+                    wait = max(wait, exc.retry_after_s)
+                if time.monotonic() + wait > self._deadline:
+                    raise
+                log.info("finish_step_retry", step=step, error=str(exc), wait_s=round(wait, 3))
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, FINISH_BACKOFF_MAX_S)
+
+
+class _ClusterLocks:
+    """One lock per cluster being finished, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 def _routine(watch: WatchState, listed: Listed | None) -> bool:
@@ -448,6 +561,9 @@ class WatchHandler:
         on_unauthorized: Callable[[], Awaitable[None]],
         wall: Callable[[], float] = time.time,
         steps_at_once: int = STEPS_AT_ONCE,
+        finish_budget_s: float = FINISH_BUDGET_S,
+        reset_grace_s: float = RESET_GRACE_S,
+        seal: CredentialSeal | None = None,
     ) -> None:
         self._api = api
         self._events = events
@@ -456,6 +572,12 @@ class WatchHandler:
         self._snapshot = snapshot  # None: per-cluster polling (accounts that cannot list)
         self._grace_s = not_found_grace_s
         self._finish_max_attempts = finish_max_attempts
+        self._finish_budget_s = finish_budget_s
+        self._reset_grace_s = reset_grace_s
+        # Without the deployment's seal (unit tests), a key of this process: watches another
+        # process sealed are then finished by a password reset.
+        self._seal = seal if seal is not None else CredentialSeal(secrets.token_hex(32))
+        self._finishing = _ClusterLocks()
         self._on_unauthorized = on_unauthorized
         self._wall = wall
         # Shared by every batch: with the watch prefetch in hundreds, many small batches
@@ -600,22 +722,49 @@ class WatchHandler:
         *,
         after: asyncio.Task[None] | None = None,
     ) -> WatchOutcome:
-        """Create the requested users and databases, fetch the CA, announce the details;
-        nothing goes out before ``after`` (the event announcing ``online``) is confirmed."""
-        details: tuple[DatabaseCluster, CaCertificate] | _StepFailed
+        """Create the requested users and databases, make sure of every password, fetch the
+        CA, announce the details; nothing goes out before ``after`` (the event announcing
+        ``online``) is confirmed."""
+        details: _Finished | _StepFailed | _NoCredentials | _ResetLater
         try:
             details = await self._details(watch, cluster)
-        except _StepFailed as failed:
+        except (_StepFailed, _NoCredentials, _ResetLater) as failed:
             details = failed
         finally:
             if after is not None:
                 await after
+        if isinstance(details, _ResetLater):
+            log.info(
+                "password_reset_deferred", missing_for_s=round(self._wall() - details.since, 1)
+            )
+            return await self._again(
+                msgspec.structs.replace(
+                    watch,
+                    phase="finishing",
+                    missing_since=details.since,
+                    kept=self._seal.seal(details.kept) or watch.kept,
+                )
+            )
+        if isinstance(details, _NoCredentials):
+            return await self._fail(
+                watch,
+                "credentials_unavailable",
+                details.message,
+                step=details.step,
+                api_error=details.api_error,
+            )
         if isinstance(details, _StepFailed):
             step, exc = details.step, details.error
+            if details.kept or details.reset:  # passwords had so far outlive this attempt
+                watch = msgspec.structs.replace(
+                    watch,
+                    kept=self._seal.seal(details.kept),
+                    credentials_reset=watch.credentials_reset or details.reset,
+                )
             if isinstance(exc, Unauthorized):
                 await self._on_unauthorized()
                 return await self._again(msgspec.structs.replace(watch, phase="finishing"))
-            if isinstance(exc, TRANSIENT):
+            if _settling(exc):
                 return await self._finish_later(watch, step, exc)
             return await self._fail(
                 watch,
@@ -624,55 +773,126 @@ class WatchHandler:
                 step=step,
                 api_error=api_error_detail(exc),
             )
-        cluster, ca = details
-        await self._publish(watch, self._factory.connection_ready(watch, cluster, ca.certificate))
+        credentials = (
+            self._seal.fingerprint(details.kept)
+            if details.reset or watch.credentials_reset
+            else None
+        )
+        event = self._factory.connection_ready(
+            watch, details.cluster, details.ca.certificate, credentials=credentials
+        )
+        await self._publish(watch, event)
         took = self._wall() - watch.accepted_at
-        log.info("connection_ready", seconds=round(took, 3))
+        log.info("connection_ready", seconds=round(took, 3), reset=credentials is not None)
         return WatchOutcome("ready", time_to_online_s=took)
 
-    async def _details(
-        self, watch: WatchState, cluster: DatabaseCluster | None
-    ) -> tuple[DatabaseCluster, CaCertificate]:
-        """The cluster as it is once its users and databases exist, and its CA; raises
-        ``_StepFailed`` naming the step an ``ApiError`` came from."""
+    async def _details(self, watch: WatchState, cluster: DatabaseCluster | None) -> _Finished:
+        """The cluster as it is once its users and databases exist, with every password
+        filled in, and its CA. Raises ``_StepFailed`` naming the step an ``ApiError`` came
+        from (with the passwords had so far), ``_NoCredentials`` when DigitalOcean shows no
+        password even for a reset.
+
+        One cluster is finished by one step at a time in this process (and a cluster has one
+        watch): DigitalOcean fails concurrent user creations on one cluster with a 5xx."""
+        kept = self._seal.open(watch.kept)
+        reset = False
+        budget = _Budget(time.monotonic() + self._finish_budget_s)
         step = "get_cluster"
-        try:
-            if cluster is None or watch.users or watch.db_names:
-                cluster = await self._api.get_cluster(watch.cluster_id)
-            have_users = {u.name for u in cluster.users or []}
-            have_dbs = set(cluster.db_names or [])
-            changed = False
-            for user in watch.users:
-                if user.name not in have_users:
-                    step = f"add_user:{user.name}"
-                    await self._add_user(watch.cluster_id, user)
-                    changed = True
-            for name in watch.db_names:
-                if name not in have_dbs:
-                    step = f"add_database:{name}"
-                    await self._add_database(watch.cluster_id, name)
-                    changed = True
-            if changed:  # the users' passwords come with the cluster
-                step = "get_cluster"
-                cluster = await self._api.get_cluster(watch.cluster_id)
-            step = "get_ca"
-            ca = await self._api.get_ca(watch.cluster_id)
-        except ApiError as exc:
-            raise _StepFailed(step, exc) from exc
-        return cluster, ca
+        cluster_id = watch.cluster_id
+        wanted = [u.name for u in watch.users]
+        async with self._finishing.hold(cluster_id):
+            try:
+                if cluster is None or watch.users or watch.db_names:
+                    cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
+                have_users = {u.name for u in cluster.users or []}
+                have_dbs = set(cluster.db_names or [])
+                existing = [name for name in wanted if name in have_users]
+                if missing_passwords(cluster, existing, kept):
+                    # Before touching anything: another watch of this cluster, if there is
+                    # one, holds the POST answers and finishes the cluster meanwhile.
+                    self._reset_later(watch, kept)
+                changed = False
+                fresh: set[str] = set()  # passwords from this step's own POST answers
+                for user in watch.users:
+                    if user.name not in have_users:
+                        step = f"add_user:{user.name}"
+                        created = await budget.call(step, self._add_user(cluster_id, user))
+                        if created is not None and created.password:
+                            kept[user.name] = created.password
+                            fresh.add(user.name)
+                        changed = True
+                for name in watch.db_names:
+                    if name not in have_dbs:
+                        step = f"add_database:{name}"
+                        await budget.call(step, self._add_database(cluster_id, name))
+                        changed = True
+                if changed:  # the users' passwords come with the cluster (but MongoDB's)
+                    step = "get_cluster"
+                    cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
+                if missing_passwords(cluster, wanted, kept):
+                    self._reset_later(watch, kept)
+                    # Shown by no answer this watch kept (an adopted MongoDB cluster, a lost
+                    # answer): a reset is the only way to a working password. Every password
+                    # the cluster does not show is reset together (but those this step just
+                    # got), so that the announcement holds none that another watch of the
+                    # same cluster may have reset since this one kept it.
+                    for name in missing_passwords(cluster, wanted, {}):
+                        if name in fresh:
+                            continue
+                        step = f"reset_auth:{name}"
+                        again = await budget.call(step, self._reset(cluster_id, name))
+                        reset = True
+                        kept.pop(name, None)
+                        if again.password:
+                            kept[name] = again.password
+                empty = missing_passwords(cluster, wanted, kept)
+                if empty:
+                    raise _NoCredentials(step, empty)
+                step = "get_ca"
+                ca = await budget.call(step, lambda: self._api.get_ca(cluster_id))
+            except Forbidden as exc:
+                if step.startswith("reset_auth:"):
+                    raise _NoCredentials(step, [step.partition(":")[2]], exc) from exc
+                raise _StepFailed(step, exc, kept, reset) from exc
+            except ApiError as exc:
+                raise _StepFailed(step, exc, kept, reset) from exc
+        return _Finished(with_passwords(cluster, kept), ca, kept, reset)
 
-    async def _add_user(self, cluster_id: str, user: DatabaseUserCreate) -> None:
-        try:
-            await self._api.add_user(cluster_id, user)
-        except Unprocessable:
-            # A redelivered watch may have created it already; get_cluster will show it.
-            log.info("user_exists", user=user.name)
+    def _reset_later(self, watch: WatchState, kept: dict[str, str]) -> None:
+        """Raise ``_ResetLater`` unless the watch has lacked a password for the grace."""
+        now = self._wall()
+        since = watch.missing_since if watch.missing_since is not None else now
+        if now - since < self._reset_grace_s:
+            raise _ResetLater(kept, since)
 
-    async def _add_database(self, cluster_id: str, name: str) -> None:
-        try:
-            await self._api.add_database(cluster_id, name)
-        except Unprocessable:
-            log.info("database_exists", database=name)
+    def _add_user(
+        self, cluster_id: str, user: DatabaseUserCreate
+    ) -> Callable[[], Awaitable[DatabaseUser | None]]:
+        async def add() -> DatabaseUser | None:
+            try:
+                return await self._api.add_user(cluster_id, user)
+            except Unprocessable:
+                # A redelivered watch (or an earlier try whose answer was lost) created it.
+                log.info("user_exists", user=user.name)
+                return None
+
+        return add
+
+    def _add_database(self, cluster_id: str, name: str) -> Callable[[], Awaitable[None]]:
+        async def add() -> None:
+            try:
+                await self._api.add_database(cluster_id, name)
+            except Unprocessable:
+                log.info("database_exists", database=name)
+
+        return add
+
+    def _reset(self, cluster_id: str, name: str) -> Callable[[], Awaitable[DatabaseUser]]:
+        async def reset() -> DatabaseUser:
+            log.info("password_reset", user=name)
+            return await self._api.reset_auth(cluster_id, name)
+
+        return reset
 
     async def _finish_later(self, watch: WatchState, step: str, exc: ApiError) -> WatchOutcome:
         attempts = watch.finish_attempts + 1

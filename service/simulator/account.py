@@ -10,7 +10,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Final, TypeVar
 
 import msgspec
@@ -31,7 +31,7 @@ from service.simulator import credentials
 from service.simulator.clusters import ENGINE_PROFILES, HOST_DOMAIN, ClusterRecord, host_label
 from service.simulator.config import SimulatorConfig
 from service.simulator.errors import ApiError, not_found, unprocessable
-from service.simulator.options import OPTIONS
+from service.simulator.options import options_as_of, past
 
 __all__ = ["Account", "decode_body"]
 
@@ -100,23 +100,41 @@ class Account:
 
     # --- create --------------------------------------------------------------------------
 
-    def check_create(self, body: DatabaseClusterCreate) -> str:
-        """Validate a decoded create body against the options and the account; the version."""
+    def check_create(self, body: DatabaseClusterCreate, today: date) -> str:
+        """Validate a decoded create body against the options served on ``today`` and the
+        account; the version. The spec's own examples that the options refuse (advanced_pg
+        with 3 nodes on ``db-s-2vcpu-4gb``) are refused too: the options win."""
         for field in _NOT_IN_CREATE_BODY:
             if getattr(body, field) is not None:
                 raise unprocessable(f"Object contains unknown field `{field}`")
         errors = check_cluster(body)
         if errors:
             raise unprocessable("; ".join(e.message for e in errors))
-        engine = OPTIONS.options.get(body.engine)
+        options = options_as_of(today)
+        engine = options.options.get(body.engine)
         if engine is None:
             raise unprocessable(f"invalid engine {body.engine!r}")
+        if not engine.versions:
+            raise unprocessable(f"{body.engine} clusters can no longer be created")
         if body.region not in engine.regions:
             raise unprocessable(
                 f"invalid region {body.region!r} for engine {body.engine!r}; "
                 f"available: {', '.join(engine.regions)}"
             )
         version = body.version if body.version is not None else engine.default_version
+        ended = next(
+            (
+                item.end_of_availability
+                for item in options.version_availability.get(body.engine, [])
+                if item.version == version and past(item.end_of_availability, today)
+            ),
+            None,
+        )
+        if ended is not None:
+            raise unprocessable(
+                f"{body.engine} version {version} reached its end of availability on "
+                f"{ended[:10]}; available: {', '.join(engine.versions)}"
+            )
         if version is None or version not in engine.versions:
             raise unprocessable(
                 f"invalid version {body.version!r} for engine {body.engine!r}; "
@@ -148,7 +166,8 @@ class Account:
         self, body: DatabaseClusterCreate, now: float, config: SimulatorConfig
     ) -> ClusterRecord:
         """Add a cluster in ``creating`` after ``check_create``; 422 on any broken rule."""
-        version = self.check_create(body)
+        today = config.options_date or datetime.now(UTC).date()
+        version = self.check_create(body, today)
         rng = self._rng
         cluster_id = self._uuid()
         created_at = datetime.now(UTC).replace(microsecond=0)
@@ -162,7 +181,11 @@ class Account:
             admin.access_cert = credentials.kafka_access_cert()
             admin.access_key = credentials.kafka_access_key()
         availability = next(
-            (v for v in OPTIONS.version_availability.get(body.engine, []) if v.version == version),
+            (
+                v
+                for v in options_as_of(today).version_availability.get(body.engine, [])
+                if v.version == version
+            ),
             None,
         )
         record = ClusterRecord(
@@ -238,6 +261,7 @@ class Account:
             if cluster.engine not in USER_SETTING_ENGINES[setting]:
                 raise unprocessable(f"{setting} is not supported for {cluster.engine} clusters")
         _require_online(cluster, now)
+        self._require_settled(cluster, now, config)
         if any(user.name == body.name for user in cluster.users):
             raise unprocessable(f"user {body.name!r} already exists")
         user = DatabaseUser(
@@ -279,14 +303,53 @@ class Account:
             )
         body = decode_body(raw, DatabaseCreate)
         _require_online(cluster, now)
+        self._require_settled(cluster, now, config)
         names = cluster.db_names if cluster.db_names is not None else []
         if body.name in names:
             raise unprocessable(f"database {body.name!r} already exists")
         cluster.db_names = [*names, body.name]
         return body.name
 
+    def reset_password(
+        self, cluster_id: str, user_name: str, raw: bytes, now: float, config: SimulatorConfig
+    ) -> DatabaseUser:
+        """``POST /v2/databases/{id}/users/{user}/reset_auth``: a new password (the admin
+        user's too: the cluster's connection then carries it)."""
+        cluster = self.find(cluster_id, now, config)
+        if raw.strip():
+            decode_body(raw, ResetAuth)
+        _require_online(cluster, now)
+        self._require_settled(cluster, now, config)
+        try:
+            return cluster.set_password(user_name, credentials.generate_password())
+        except KeyError:
+            raise not_found("user") from None
+
+    def _require_settled(self, cluster: ClusterRecord, now: float, config: SimulatorConfig) -> None:
+        """While a new cluster settles, user and database calls fail (one error drawn)."""
+        if config.unsettled_s <= 0 or cluster.forced_status is not None:
+            return  # a status a test pinned has no settling time
+        if cluster.ready_at is None or now >= cluster.ready_at + config.unsettled_s:
+            return
+        raise self._rng.choice(_UNSETTLED)
+
     def _hex(self, n: int) -> str:
         return f"{self._rng.getrandbits(4 * n):0{n}x}"
+
+
+class ResetAuth(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``reset_auth`` (MySQL may name the new password's plugin)."""
+
+    mysql_settings: MySQLSettingsRead | None = None
+
+
+# What a just-online cluster answers user and database calls with, one drawn per call.
+_UNSETTLED: Final = (
+    ApiError(404, "not_found", "cluster not found"),
+    ApiError(412, "precondition_failed", "cluster is not ready to accept this operation"),
+    ApiError(500, "server_error", "Unexpected server-side error"),
+    ApiError(503, "service_unavailable", "service temporarily unavailable"),
+)
 
 
 def _require_online(cluster: ClusterRecord, now: float) -> None:

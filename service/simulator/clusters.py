@@ -25,7 +25,14 @@ from contracts.digitalocean import (
     ServiceEndpoint,
 )
 
-__all__ = ["ENGINE_PROFILES", "HOST_DOMAIN", "ClusterRecord", "EngineProfile", "semantic_version"]
+__all__ = [
+    "ENGINE_PROFILES",
+    "HOST_DOMAIN",
+    "ClusterRecord",
+    "EngineProfile",
+    "hidden",
+    "semantic_version",
+]
 
 HOST_DOMAIN: Final = "db.ondigitalocean.com"
 """Every simulated host is ``NAME-do-user-ACCOUNT-0.db.ondigitalocean.com``, as in the spec's
@@ -95,6 +102,13 @@ _SEMANTIC_VERSIONS: Final[Mapping[tuple[str, str], str]] = {
     ("valkey", "8"): "8.0.2",
     ("redis", "7"): "7.2.4",
 }
+
+
+def hidden(user: DatabaseUser) -> DatabaseUser:
+    """``user`` as an answer without credentials shows it: empty password (and Kafka key)."""
+    return msgspec.structs.replace(
+        user, password="", access_key="" if user.access_key is not None else None
+    )
 
 
 def semantic_version(engine: str, version: str) -> str:
@@ -186,17 +200,37 @@ class ClusterRecord:
         """False during the moment after a create when the real API still answers 404."""
         return now >= self.created_mono + grace_s
 
-    def _connection(self, host: str) -> DatabaseConnection:
+    @property
+    def hides_passwords(self) -> bool:
+        """MongoDB: passwords only in the answer to the POST that made them (the cluster's
+        create, a user's create, a password reset), never in a GET or a list
+        (terraform-provider-digitalocean PR #614, issue #814)."""
+        return self.engine == "mongodb"
+
+    def set_password(self, user_name: str, password: str) -> DatabaseUser:
+        """A password reset: ``user_name`` (the admin too) gets ``password``; the user."""
+        for i, user in enumerate(self.users):
+            if user.name == user_name:
+                self.users[i] = msgspec.structs.replace(user, password=password)
+                if user_name == self.profile.admin_user:
+                    self._password = password
+                return self.users[i]
+        raise KeyError(user_name)
+
+    def _connection(self, host: str, reveal: bool) -> DatabaseConnection:
         profile = self.profile
-        user, password, port = profile.admin_user, self._password, profile.port
+        user, port = profile.admin_user, profile.port
+        password = self._password if reveal else ""
+        # Without its password a URI names the user alone, as a GET of a MongoDB cluster does.
+        userinfo = f"{user}:{password}" if password else user
         uri: str | None = None
         if profile.scheme == "mongodb+srv":
             # SRV records carry the port, so a mongodb+srv URI has none.
             query = profile.query.format(name=host_label(self.name))
-            uri = f"mongodb+srv://{user}:{password}@{host}/{profile.database}{query}"
+            uri = f"mongodb+srv://{userinfo}@{host}/{profile.database}{query}"
         elif profile.scheme is not None:
             path = f"/{profile.database}" if profile.database else ""
-            uri = f"{profile.scheme}://{user}:{password}@{host}:{port}{path}{profile.query}"
+            uri = f"{profile.scheme}://{userinfo}@{host}:{port}{path}{profile.query}"
         return DatabaseConnection(
             uri=uri,
             database=profile.database,
@@ -207,10 +241,12 @@ class ClusterRecord:
             ssl=True,
         )
 
-    def _service_connection(self, host: str, port: int) -> ServiceConnection:
-        user, password = self.profile.admin_user, self._password
+    def _service_connection(self, host: str, port: int, reveal: bool) -> ServiceConnection:
+        user = self.profile.admin_user
+        password = self._password if reveal else ""
+        userinfo = f"{user}:{password}" if password else user
         return ServiceConnection(
-            uri=f"https://{user}:{password}@{host}:{port}",
+            uri=f"https://{userinfo}@{host}:{port}",
             host=host,
             port=port,
             user=user,
@@ -218,8 +254,10 @@ class ClusterRecord:
             ssl=True,
         )
 
-    def to_api(self, now: float) -> DatabaseCluster:
-        """The cluster as ``GET /v2/databases/{id}`` returns it at monotonic time ``now``."""
+    def to_api(self, now: float, *, reveal: bool = True) -> DatabaseCluster:
+        """The cluster as ``GET /v2/databases/{id}`` returns it at monotonic time ``now``;
+        ``reveal=False``: every password (and Kafka key) empty, as DigitalOcean sends them to
+        a token that may not see credentials, and for MongoDB to anything but a POST."""
         profile = self.profile
         standby = profile.has_standby and self.num_nodes > 1
         metrics = [ServiceEndpoint(host=self.host, port=METRICS_PORT)]
@@ -240,20 +278,24 @@ class ClusterRecord:
             tags=list(self.tags) if self.tags is not None else None,
             db_names=list(self.db_names) if self.db_names is not None else None,
             ui_connection=(
-                self._service_connection(self.host, profile.port)
+                self._service_connection(self.host, profile.port, reveal)
                 if self.engine == "opensearch"
                 else None
             ),
             schema_registry_connection=(
-                self._service_connection(self.host, 25065) if self.engine == "kafka" else None
+                self._service_connection(self.host, 25065, reveal)
+                if self.engine == "kafka"
+                else None
             ),
-            connection=self._connection(self.host),
-            private_connection=self._connection(f"private-{self.host}"),
-            standby_connection=self._connection(f"replica-{self.host}") if standby else None,
+            connection=self._connection(self.host, reveal),
+            private_connection=self._connection(f"private-{self.host}", reveal),
+            standby_connection=(
+                self._connection(f"replica-{self.host}", reveal) if standby else None
+            ),
             standby_private_connection=(
-                self._connection(f"private-replica-{self.host}") if standby else None
+                self._connection(f"private-replica-{self.host}", reveal) if standby else None
             ),
-            users=list(self.users),
+            users=list(self.users) if reveal else [hidden(u) for u in self.users],
             maintenance_window=self.maintenance_window,
             project_id=self.project_id,
             rules=list(self.rules) if self.rules is not None else None,

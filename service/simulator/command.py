@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable, Mapping
+from datetime import date
 from typing import Final
 
 import msgspec
@@ -84,6 +85,10 @@ _KNOBS: Final[tuple[tuple[str, str, Callable[[str], object], str, str], ...]] = 
     ("--latency", "latency_s", _seconds, "SECONDS", "delay added to every request"),
     ("--drop", "drop_fraction", _fraction, "FRACTION",
      "fraction of requests whose connection is closed without an answer"),
+    ("--unsettled", "unsettled_s", _seconds, "SECONDS",
+     "after `online`, user and database calls fail with 404/412/5xx for this long"),
+    ("--user-create-time", "user_create_s", _seconds, "SECONDS",
+     "how long a user creation takes; a concurrent one on the same cluster gets 500"),
     ("--drop-after-effect", "drop_after_effect_fraction", _fraction, "FRACTION",
      "of the dropped requests, the fraction that took effect first "
      "(a create that did create its cluster)"),
@@ -117,6 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=metavar,
             help=f"{text} (default: %(default)s)",
         )
+    add(
+        "--read-only-token",
+        action="store_true",
+        help="answer as to a token that may not see credentials: every password is empty",
+    )
+    add(
+        "--options-date",
+        type=date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the day the options are aged to: versions past their end of availability are "
+        "not offered (default: today)",
+    )
     add("--seed", type=int, default=None, help="seed for faults, jitter and ids (random)")
     add(
         "--log-format",
@@ -143,7 +161,14 @@ def config_from_args(
     """The ``SimulatorConfig`` the options and the environment describe."""
     token, _ = token_from(args, os.environ if environ is None else environ)
     knobs = {field: getattr(args, field) for _, field, _, _, _ in _KNOBS}
-    return msgspec.structs.replace(_DEFAULTS, token=token, seed=args.seed, **knobs)
+    return msgspec.structs.replace(
+        _DEFAULTS,
+        token=token,
+        seed=args.seed,
+        read_only_token=args.read_only_token,
+        options_date=args.options_date,
+        **knobs,
+    )
 
 
 async def _serve(simulator: Simulator, host: str, port: int) -> None:

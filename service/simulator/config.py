@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -61,6 +62,24 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     """Of the dropped requests, the fraction that took effect before the connection dropped.
     1.0 (the default) means a dropped create did create its cluster: the ambiguous case a
     client must resolve by looking the cluster up; 0.0 means nothing happened."""
+
+    read_only_token: bool = False
+    """The token may read but not see credentials: every password (and Kafka key) in every
+    answer, POST or GET, is empty, as DigitalOcean answers a read-only token
+    (terraform-provider-digitalocean issue #1165). Creates still work."""
+
+    unsettled_s: float = 0.0
+    """For this long after a cluster turns ``online``, creating users and databases and
+    resetting passwords fail with 404, 412 or 5xx (one drawn per call), as the real API does
+    while a new cluster settles (terraform-provider-digitalocean issue #493, PR #1027)."""
+
+    user_create_s: float = 0.02
+    """How long creating a user takes. Another user creation on the same cluster meanwhile
+    fails with 500, as concurrent user creation does on the real API (PR #1027)."""
+
+    options_date: date | None = None
+    """The day ``GET /v2/databases/options`` is aged to (None: today, UTC): versions past
+    their end of availability are not offered (see ``service.simulator.options``)."""
 
     seed: int | None = None
     """Seed of the random source behind every fraction, jitter and generated identifier

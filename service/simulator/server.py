@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
 
@@ -25,6 +26,7 @@ from contracts.digitalocean import (
     ApiErrorBody,
     CaCertificate,
     CaResponse,
+    DatabaseCluster,
     DatabaseClusterCreate,
     DatabaseClusterList,
     DatabaseClusterResponse,
@@ -33,10 +35,11 @@ from contracts.digitalocean import (
     DatabaseUserResponse,
 )
 from service.simulator.account import Account, decode_body
+from service.simulator.clusters import ClusterRecord, hidden
 from service.simulator.config import SimulatorConfig
 from service.simulator.credentials import CA_CERTIFICATE_B64
 from service.simulator.errors import ApiError
-from service.simulator.options import OPTIONS_BODY
+from service.simulator.options import document_as_of
 from service.simulator.ratelimit import SlidingWindowLimiter
 from service.simulator.stats import DROPPED, SimulatorStats, StatsRecorder
 
@@ -80,6 +83,7 @@ class Simulator:
         self.account = Account(self._rng)
         self.limiter = SlidingWindowLimiter(self._config, epoch_offset)
         self._stats = StatsRecorder()
+        self._adding_users: set[str] = set()  # clusters with a user creation in progress
         self._runner: web.AppRunner | None = None
         self._host: str | None = None
         self._port: int | None = None
@@ -102,6 +106,12 @@ class Simulator:
         return self._stats.snapshot(
             self.account.statuses(now), self.limiter.windows(_ACCOUNT_BUCKET, now)
         )
+
+    def handed_out(self) -> list[DatabaseCluster]:
+        """Every cluster with the passwords that work now: what the POST answers handed out
+        (a GET hides MongoDB's). For tests that check the credentials a client announced."""
+        now = time.monotonic()
+        return [record.to_api(now) for record in self.account]
 
     def force_status(self, cluster_id: str, status: str) -> None:
         """Pin a cluster's status (``online``, ``creating``, ``resizing``...); ``KeyError``
@@ -193,7 +203,10 @@ class Simulator:
         router.add_delete("/v2/databases/{id}", self._handle_delete)
         router.add_get("/v2/databases/{id}/ca", self._handle_ca)
         router.add_post("/v2/databases/{id}/users", self._handle_add_user)
+        router.add_get("/v2/databases/{id}/users", self._handle_list_users)
+        router.add_get("/v2/databases/{id}/users/{user}", self._handle_get_user)
         router.add_post("/v2/databases/{id}/dbs", self._handle_add_database)
+        router.add_post("/v2/databases/{id}/users/{user}/reset_auth", self._handle_reset_auth)
         router.add_route("*", "/v2/{tail:.*}", self._handle_unknown)
         return app
 
@@ -289,25 +302,40 @@ class Simulator:
         return _json(200, self.stats())
 
     async def _handle_options(self, request: web.Request) -> web.Response:
-        return web.Response(body=OPTIONS_BODY, content_type=_JSON, charset="utf-8")
+        today = self._config.options_date or datetime.now(UTC).date()
+        return _json(200, document_as_of(today))
+
+    def _reveals(self, cluster: ClusterRecord | None, *, post: bool) -> bool:
+        """Whether an answer shows passwords: never to a read-only token; for MongoDB
+        only in the answer to the POST that made them."""
+        if self._config.read_only_token:
+            return False
+        return post or cluster is None or not cluster.hides_passwords
 
     async def _handle_create(self, request: web.Request) -> web.Response:
         body = decode_body(await request.read(), DatabaseClusterCreate)
         now = time.monotonic()
         cluster = self.account.create(body, now, self._config)
-        return _json(201, DatabaseClusterResponse(database=cluster.to_api(now)))
+        reveal = self._reveals(cluster, post=True)
+        return _json(201, DatabaseClusterResponse(database=cluster.to_api(now, reveal=reveal)))
 
     async def _handle_list(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         tag = request.query.get("tag_name") or None
         clusters = self.account.listed(now, self._config, tag)
         # An empty list rather than null: the spec's schema types `databases` as an array.
-        return _json(200, DatabaseClusterList(databases=[c.to_api(now) for c in clusters]))
+        return _json(
+            200,
+            DatabaseClusterList(
+                databases=[c.to_api(now, reveal=self._reveals(c, post=False)) for c in clusters]
+            ),
+        )
 
     async def _handle_get(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         cluster = self.account.find(request.match_info["id"], now, self._config)
-        return _json(200, DatabaseClusterResponse(database=cluster.to_api(now)))
+        reveal = self._reveals(cluster, post=False)
+        return _json(200, DatabaseClusterResponse(database=cluster.to_api(now, reveal=reveal)))
 
     async def _handle_delete(self, request: web.Request) -> web.Response:
         self.account.delete(request.match_info["id"], time.monotonic(), self._config)
@@ -319,8 +347,47 @@ class Simulator:
 
     async def _handle_add_user(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        user = self.account.add_user(request.match_info["id"], raw, time.monotonic(), self._config)
+        cluster_id = request.match_info["id"]
+        cluster = self.account.find(cluster_id, time.monotonic(), self._config)
+        if cluster_id in self._adding_users:
+            # Two user creations on one cluster at once: the real API fails one with a 5xx.
+            raise ApiError(500, "server_error", "Unexpected server-side error")
+        self._adding_users.add(cluster_id)
+        try:
+            if self._config.user_create_s > 0:
+                await asyncio.sleep(self._config.user_create_s)
+            user = self.account.add_user(cluster_id, raw, time.monotonic(), self._config)
+        finally:
+            self._adding_users.discard(cluster_id)
+        if not self._reveals(cluster, post=True):
+            user = hidden(user)
         return _json(201, DatabaseUserResponse(user=user))
+
+    async def _handle_list_users(self, request: web.Request) -> web.Response:
+        cluster = self.account.find(request.match_info["id"], time.monotonic(), self._config)
+        reveal = self._reveals(cluster, post=False)
+        users = [u if reveal else hidden(u) for u in cluster.users]
+        return _json(200, {"users": users})
+
+    async def _handle_get_user(self, request: web.Request) -> web.Response:
+        cluster = self.account.find(request.match_info["id"], time.monotonic(), self._config)
+        user = next((u for u in cluster.users if u.name == request.match_info["user"]), None)
+        if user is None:
+            raise ApiError(404, "not_found", "user not found")
+        if not self._reveals(cluster, post=False):
+            user = hidden(user)
+        return _json(200, DatabaseUserResponse(user=user))
+
+    async def _handle_reset_auth(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        cluster_id, user_name = request.match_info["id"], request.match_info["user"]
+        cluster = self.account.find(cluster_id, time.monotonic(), self._config)
+        user = self.account.reset_password(
+            cluster_id, user_name, raw, time.monotonic(), self._config
+        )
+        if not self._reveals(cluster, post=True):
+            user = hidden(user)
+        return _json(200, DatabaseUserResponse(user=user))
 
     async def _handle_add_database(self, request: web.Request) -> web.Response:
         raw = await request.read()

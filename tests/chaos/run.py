@@ -50,7 +50,7 @@ from tests.chaos.rabbitmq_cluster import PartitionUnavailable, RabbitCluster
 from tests.chaos.rabbitmq_node import NodeError
 from tests.chaos.replicas import Replica, ReplicaError
 from tests.chaos.subscriber import QUEUE as SUBSCRIBER_QUEUE
-from tests.chaos.subscriber import URL_VARIABLE
+from tests.chaos.subscriber import URL_VARIABLE, password_digest
 from tests.chaos.verdict import (
     REJECTED,
     TERMINAL,
@@ -679,6 +679,11 @@ class ChaosRun:
                     tags=tuple(cluster.tags or ()),
                     users=tuple(u.name for u in cluster.users or ()),
                     db_names=tuple(cluster.db_names or ()),
+                    password_digests=tuple(
+                        (u.name, password_digest(u.password))
+                        for u in cluster.users or ()
+                        if u.password
+                    ),
                 )
             )
         return seen

@@ -5,7 +5,8 @@
 to every routing key of the events exchange, writes one line per delivery (redeliveries
 included: deduplicating on the event id is the reader's job, as for any subscriber) and acks
 only after the line is flushed. Credentials are never written: a ``connection_ready`` line
-says which users came with a password, not the password.
+says which users came with a password and a short digest of each (``password_digest``),
+never the password, so that the verdict can tell whether the announced passwords work.
 
 It prints ``subscribed`` once its queue is bound, and stops on SIGTERM.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -30,10 +32,15 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.events import ConnectionReady, Event, Failed, Rejected, StatusChanged, decode_event
 from service.broker.connection import connect
 
-__all__ = ["URL_VARIABLE", "event_line", "main"]
+__all__ = ["URL_VARIABLE", "event_line", "main", "password_digest"]
 
 URL_VARIABLE: Final = "CHAOS_AMQP_URL"
 QUEUE: Final = "chaos.event-subscriber"
+
+
+def password_digest(password: str) -> str:
+    """A short SHA-256 digest of a generated password: tells equal ones apart, not the value."""
+    return hashlib.sha256(password.encode()).hexdigest()[:16]
 
 
 def event_line(event: Event, message: AbstractIncomingMessage) -> dict[str, Any]:
@@ -57,6 +64,9 @@ def event_line(event: Event, message: AbstractIncomingMessage) -> dict[str, Any]
                 cluster_id=data.cluster_id,
                 users=[u.name for u in data.users],
                 users_with_password=[u.name for u in data.users if u.password or u.access_key],
+                password_digests={
+                    u.name: password_digest(u.password) for u in data.users if u.password
+                },
                 db_names=list(data.db_names),
                 has_ca=bool(data.ca_certificate),
                 has_connection=data.connection is not None,

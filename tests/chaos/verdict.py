@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any, Final
 
 from msgspec import Struct, field
@@ -82,6 +83,8 @@ class ClusterSeen(Struct, frozen=True, kw_only=True):
     tags: tuple[str, ...]
     users: tuple[str, ...]
     db_names: tuple[str, ...]
+    password_digests: tuple[tuple[str, str], ...] = ()
+    """(user, digest) of the passwords that work now (``subscriber.password_digest``)."""
 
 
 class ReplyMessage(Struct, frozen=True, kw_only=True):
@@ -222,7 +225,31 @@ def judge(evidence: Evidence) -> Verdict:
             f"{len(incomplete)} connection_ready events without their cluster, users, "
             f"databases or CA ({_sample(incomplete)})"
         )
-    twice = [rid for rid, found in ready.items() if len(found) > 1]
+    # A second connection_ready id is a re-announcement only when its passwords differ (a
+    # reset made new ones, docs/events.md); either way the latest must carry the ones that work.
+    twice: list[str] = []
+    reannounced: list[str] = []
+    stale: list[str] = []
+    for rid, announced in ready.items():
+        announced.sort(key=lambda line: line.get("received_at", 0.0))
+        digests = [line.get("password_digests") or {} for line in announced]
+        if len(announced) > 1:
+            if all(a != b for a, b in pairwise(digests)):
+                reannounced.append(rid)
+            else:
+                twice.append(rid)
+        working = {
+            name: digest
+            for cluster in clusters_of.get(rid, [])
+            for name, digest in cluster.password_digests
+        }
+        if not digests[-1] or any(working.get(n) != d for n, d in digests[-1].items()):
+            stale.append(rid)
+    if stale:
+        failures.append(
+            f"{len(stale)} requests whose latest connection_ready carries passwords that do "
+            f"not work ({_sample(stale)})"
+        )
     if twice:
         failures.append(
             f"{len(twice)} requests with two different connection_ready ids ({_sample(twice)})"
@@ -361,6 +388,8 @@ def judge(evidence: Evidence) -> Verdict:
         f"messages left in queues: {left_total} (requests, watch, delay, retry, dead-letter)",
         f"secrets found in logs: {found} (checked {evidence.secrets_checked} secrets in "
         f"{evidence.log_files} logs, {evidence.log_bytes / 1e6:.1f} MB)",
+        f"connection_ready re-announced after a password reset: {len(reannounced)} "
+        "(the latest carries the passwords that work; not a failure)",
         f"status_changed events beyond null->creating->online: {extra_transitions} "
         "(adoptions announcing a cluster again; not a failure)",
     ]

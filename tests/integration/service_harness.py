@@ -49,7 +49,9 @@ ENGINE_SAMPLES: dict[str, dict[str, Any]] = {
         "db_names": ["catalog"],
     },
     "kafka": {
-        # no version: the spec's data ends 3.8's availability in 2025; DO picks its default
+        # The only version the options offer, named as a new user would: the spec's snapshot
+        # ends its availability in 2025, yet it is what DigitalOcean offers (docs/reliability.md).
+        "version": "3.8",
         "size": "db-s-2vcpu-2gb",
         "num_nodes": 3,
         "users": [

@@ -79,6 +79,9 @@ class ListingApi:
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         raise NotImplementedError
 
+    async def reset_auth(self, cluster_id: str, user_name: str) -> DatabaseUser:
+        raise NotImplementedError
+
 
 class ScanningApi(ListingApi):
     """Also scans lean, as ``DigitalOceanClient.scan_clusters`` does."""

@@ -53,6 +53,7 @@ DECODED: Final[dict[str, tuple[str, Any]]] = {
     "PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S": ("30", 30.0),
     "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": ("1800", 1800.0),
     "PROVISIONER_FINISH_MAX_ATTEMPTS": ("3", 3),
+    "PROVISIONER_FINISH_BUDGET_S": ("5", 5.0),
     "PROVISIONER_AMQP_URL_ORDER": ("listed", "listed"),
     "PROVISIONER_QUORUM_GROUP_SIZE": ("5", 5),
 }
@@ -83,6 +84,7 @@ REFUSED: Final[list[tuple[str, str, str]]] = [
     ("PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S", "0", "> 0"),
     ("PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S", "0", "> 0"),
     ("PROVISIONER_FINISH_MAX_ATTEMPTS", "0", ">= 1"),
+    ("PROVISIONER_FINISH_BUDGET_S", "0", "> 0"),
     ("PROVISIONER_LOG_FORMAT", "xml", "enum"),
     ("PROVISIONER_LOG_LEVEL", "verbose", "enum"),
     ("PROVISIONER_EVENT_SECRETS", "hide", "enum"),
