@@ -96,10 +96,18 @@ class RabbitNode:
         epmd_port: int | None = None,
         cookie: str | None = None,
         advanced: str | None = None,
+        dist_address: str | None = None,
+        extra_erl_args: str = "",
     ) -> None:
         """``name``, ``epmd_port`` and ``cookie`` are for the nodes of a cluster
         (``tests.chaos.rabbitmq_cluster``), which must share an epmd and a cookie;
-        ``advanced`` is the text of an ``advanced.config`` (Erlang terms)."""
+        ``advanced`` is the text of an ``advanced.config`` (Erlang terms).
+
+        ``dist_address`` (a loopback address such as ``127.0.0.12``) gives the node's Erlang
+        distribution an address of its own: it listens there and connects to other nodes
+        from there, so a firewall rule on the pair of addresses cuts exactly the link
+        between two nodes (a partition); ``name`` must then be a long name
+        ``NAME@ADDRESS``. ``extra_erl_args`` are more ``-kernel``/``-rabbit`` options."""
         script = server_script()
         if script is None:
             raise NodeError("rabbitmq-server is not installed (`make broker` installs it)")
@@ -112,6 +120,8 @@ class RabbitNode:
         self.own_epmd = epmd_port is None
         self._process: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.dist_address = dist_address
+        self._extra_erl_args = extra_erl_args
         for sub in ("mnesia", "log", "home"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         if cookie is not None:
@@ -180,14 +190,34 @@ class RabbitNode:
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
                 "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
                 "RABBITMQ_PID_FILE": str(root / "node.pid"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DISTRIBUTION,
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": self._erl_args(),
+                "ERL_EPMD_ADDRESS": self.epmd_addresses(),
                 "ERL_EPMD_PORT": str(self.epmd_port),
             }
         )
+        if self.dist_address is not None:
+            env["RABBITMQ_USE_LONGNAME"] = "true"
         if self._advanced is not None:
             env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(root / "advanced.config")
         return env
+
+    def epmd_addresses(self) -> str:
+        """Where the node's epmd listens (``ERL_EPMD_ADDRESS``): loopback, and the node's
+        own distribution address if it has one (other nodes look it up there)."""
+        if self.dist_address is None:
+            return "127.0.0.1"
+        return f"127.0.0.1,{self.dist_address}"
+
+    def _erl_args(self) -> str:
+        if self.dist_address is None:
+            args = LOOPBACK_DISTRIBUTION
+        else:
+            erl_ip = "{" + self.dist_address.replace(".", ",") + "}"
+            args = (
+                f"-kernel inet_dist_use_interface {erl_ip}"
+                f" -kernel inet_dist_connect_options [{{ip,{erl_ip}}}]"
+            )
+        return f"{args} {self._extra_erl_args}".strip()
 
     async def ctl(self, *args: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
         """``rabbitmqctl -q ARGS`` (or another of the broker's CLI tools, such as

@@ -46,7 +46,7 @@ from service.broker.topology import Topology
 from service.simulator import Simulator, SimulatorConfig
 from tests.chaos import rabbitmqctl
 from tests.chaos.plan import PlannedRequest, build_plan
-from tests.chaos.rabbitmq_cluster import RabbitCluster
+from tests.chaos.rabbitmq_cluster import PartitionUnavailable, RabbitCluster
 from tests.chaos.rabbitmq_node import NodeError
 from tests.chaos.replicas import Replica, ReplicaError
 from tests.chaos.subscriber import QUEUE as SUBSCRIBER_QUEUE
@@ -83,6 +83,8 @@ PUBLISH_ATTEMPTS: Final = 60
 CLUSTER_NODES: Final = 3
 # A killed broker node stays down this long before it is started again.
 NODE_DOWN_S: Final = 3.0
+# A node cut off from the others stays cut off this long after they noticed.
+PARTITION_S: Final = 15.0
 
 
 class Schedule(Struct, frozen=True, kw_only=True):
@@ -103,6 +105,8 @@ class Schedule(Struct, frozen=True, kw_only=True):
     """Broker nodes SIGKILLed and started again (on a cluster)."""
     leader_moves: int = 0
     """Quorum leaders moved off a node (on a cluster)."""
+    partitions: int = 0
+    """Nodes cut off from the others for a while (on a cluster)."""
 
     def actions(self) -> list[str]:
         """Every action, each kind spread evenly over the run."""
@@ -113,6 +117,7 @@ class Schedule(Struct, frozen=True, kw_only=True):
             "slow": self.slows,
             "node": self.node_kills,
             "move": self.leader_moves,
+            "partition": self.partitions,
         }
         spread = [((i + 0.5) / n, kind) for kind, n in counts.items() if n > 0 for i in range(n)]
         return [kind for _, kind in sorted(spread)]
@@ -123,10 +128,11 @@ class Schedule(Struct, frozen=True, kw_only=True):
         return len(self.actions()) * self.spacing_s
 
 
-def schedule_for(requests: int, *, cluster: bool = False) -> Schedule:
+def schedule_for(requests: int, *, cluster: bool = False, partition: bool = False) -> Schedule:
     """The reduced run (inside ``make test``) or the full one (``make chaos``); on a
     cluster (``make chaos-cluster``) broker nodes are killed too: once (the command queue's
-    leader) in the reduced run, each node in turn in the full one, with leaders moved."""
+    leader) in the reduced run, each node in turn in the full one, with leaders moved; with
+    ``partition``, the command queue's leader is also cut off from the others once."""
     if cluster and requests <= 100:
         return Schedule(
             kills=2,
@@ -153,6 +159,7 @@ def schedule_for(requests: int, *, cluster: bool = False) -> Schedule:
             settle_s=480.0,
             node_kills=CLUSTER_NODES,
             leader_moves=2,
+            partitions=1 if partition else 0,
         )
     if requests <= 100:
         return Schedule(
@@ -240,7 +247,14 @@ class ChaosRun:
     """One run, from an empty virtual host to the verdict."""
 
     def __init__(
-        self, *, requests: int, replicas: int, seed: int, workdir: Path, cluster: bool = False
+        self,
+        *,
+        requests: int,
+        replicas: int,
+        seed: int,
+        workdir: Path,
+        cluster: bool = False,
+        partition: bool = False,
     ) -> None:
         self.requests = requests
         self.cluster: RabbitCluster | None = (
@@ -249,7 +263,7 @@ class ChaosRun:
         self.seed = seed
         self.workdir = workdir
         self.rng = random.Random(seed)
-        self.schedule = schedule_for(requests, cluster=cluster)
+        self.schedule = schedule_for(requests, cluster=cluster, partition=partition)
         self.run_tag = hashlib.sha256(f"{seed}:{uuid.uuid4()}".encode()).hexdigest()[:6]
         self.vhost = f"provisioner-chaos-{self.run_tag}"
         vhost_path = quote(self.vhost, safe="")
@@ -454,6 +468,51 @@ class ChaosRun:
                 raise NodeError("a restarted node did not rejoin in 120 s")
             await asyncio.sleep(0.5)
 
+    async def _partition(self) -> None:
+        """Cut the node leading the command queue off from the other nodes (firewall rules on
+        the Erlang distribution's addresses: AMQP clients still reach it), wait until the
+        others notice and elect a new leader, keep it cut off for ``PARTITION_S``, then let
+        it back and wait until the cluster lists every node running."""
+        cluster = self.cluster
+        assert cluster is not None
+        async with self._node_down:
+            queue = self.topology.requests_queue
+            leader, _ = await cluster.wait_for_leader(self.vhost, queue)
+            victim = cluster.node_named(leader)
+            began = time.monotonic()
+            try:
+                await cluster.partition(victim)
+            except PartitionUnavailable as exc:
+                self.counts.partition_skipped = str(exc)
+                print(f"    partition skipped: {exc}", flush=True)
+                return
+            print(f"    cut broker node {victim.name} off from the others", flush=True)
+            try:
+                _, took = await cluster.wait_for_leader(
+                    self.vhost, queue, other_than=leader, timeout_s=120
+                )
+                self.counts.partition_elections_s.append(round(took, 1))
+                deadline = began + 120
+                while victim.name in await cluster.running_nodes():
+                    if time.monotonic() > deadline:
+                        raise NodeError(f"{victim.name} was still listed 120 s after the cut")
+                    await asyncio.sleep(0.5)
+                self.counts.partitions_noticed_s.append(round(time.monotonic() - began, 1))
+                await asyncio.sleep(PARTITION_S)
+            except NodeError as exc:
+                self.counts.partition_failures += 1
+                print(f"partition not noticed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                await cluster.heal()
+            self.counts.partitions += 1
+            print(f"    let {victim.name} back", flush=True)
+            try:
+                back = await cluster.wait_rejoined()
+                self.counts.partitions_back_s.append(round(back, 1))
+            except NodeError as exc:
+                self.counts.partition_failures += 1
+                print(f"partition did not heal: {exc}", file=sys.stderr, flush=True)
+
     async def _move_leaders(self) -> None:
         """Move every quorum leader off the node leading the command queue, the way a rolling
         upgrade does (``rabbitmq-upgrade drain``, then ``revive``)."""
@@ -497,6 +556,8 @@ class ChaosRun:
                 await self._kill_one()
             elif action == "node":
                 self._background.append(asyncio.create_task(self._kill_node()))
+            elif action == "partition":
+                self._background.append(asyncio.create_task(self._partition()))
             elif action == "move":
                 self._background.append(asyncio.create_task(self._move_leaders()))
             elif action == "cut":
@@ -784,6 +845,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on a three-node RabbitMQ cluster of the run's own, killing nodes too",
     )
     parser.add_argument(
+        "--partition",
+        action="store_true",
+        help="with --cluster (full size): also cut the command queue's leader node off from "
+        "the others for a while (iptables, root)",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the run's directory even when it passes"
     )
     return parser
@@ -807,6 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=seed,
         workdir=workdir,
         cluster=args.cluster,
+        partition=args.partition,
     )
     try:
         verdict = asyncio.run(_until_signalled(run))

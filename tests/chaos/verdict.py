@@ -61,6 +61,17 @@ class ChaosCounts(Struct, kw_only=True):
     leader_moves: int = 0
     leader_elections_s: list[float] = field(default_factory=list)
     node_restarts_s: list[float] = field(default_factory=list)
+    partitions: int = 0
+    """Nodes cut off from the others by firewall rules, then let back."""
+    partition_skipped: str = ""
+    """Why the run could not cut a node off, if it could not."""
+    partition_failures: int = 0
+    partitions_noticed_s: list[float] = field(default_factory=list)
+    """From the cut until the other nodes no longer listed the node as running."""
+    partition_elections_s: list[float] = field(default_factory=list)
+    """From the cut until the command queue had a leader on the other side."""
+    partitions_back_s: list[float] = field(default_factory=list)
+    """From the heal until the cluster listed every node running again."""
 
 
 class ClusterSeen(Struct, frozen=True, kw_only=True):
@@ -332,6 +343,10 @@ def judge(evidence: Evidence) -> Verdict:
         failures.append(f"{counts.restart_failures} killed replicas did not start again")
     if counts.node_restart_failures:
         failures.append(f"{counts.node_restart_failures} killed broker nodes did not come back")
+    if counts.partition_failures:
+        failures.append(
+            f"{counts.partition_failures} partitions were not noticed or did not heal in time"
+        )
 
     # --- secrets ---------------------------------------------------------------------------
     found = sum(evidence.secrets_found.values())
@@ -388,6 +403,16 @@ def judge(evidence: Evidence) -> Verdict:
             f"after {_spread(elections)}; node back after {_spread(restarts)}); "
             f"quorum leaders moved: {counts.leader_moves} (rabbitmq-upgrade drain/revive)",
         )
+        if counts.partition_skipped:
+            figures.insert(4, f"partitions: 0 (skipped: {counts.partition_skipped})")
+        elif counts.partitions or counts.partition_failures:
+            figures.insert(
+                4,
+                f"partitions: {counts.partitions} (the command queue's leader cut off from "
+                f"the other nodes; they noticed after {_spread(counts.partitions_noticed_s)}; "
+                f"new leader after {_spread(counts.partition_elections_s)}; all nodes "
+                f"running again {_spread(counts.partitions_back_s)} after the heal)",
+            )
     return Verdict(lines=figures, failures=failures)
 
 
