@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
 import msgspec
@@ -41,6 +41,7 @@ from service.digitalocean import (
 )
 from service.provisioning.credentials import CredentialSeal, passwords_of
 from service.provisioning.events import EventFactory, api_error_detail
+from service.provisioning.locks import KeyedLock
 from service.provisioning.messages import (
     APP_ID,
     ATTEMPT_HEADER,
@@ -176,31 +177,6 @@ def _oversized_record(
         content_type=OVERSIZED_CONTENT_TYPE,
         truncated_from=None,
     )
-
-
-class KeyedLock:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        """Hold the key's lock for the block."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 class _ListFailed(Exception):

@@ -15,7 +15,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -43,6 +43,7 @@ from service.digitalocean import (
 from service.digitalocean.client import ClusterScan
 from service.provisioning.credentials import CredentialSeal, missing_passwords, with_passwords
 from service.provisioning.events import EventFactory, api_error_detail
+from service.provisioning.locks import KeyedLock
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
 from service.tracing import watch_step_span
@@ -515,27 +516,6 @@ class _Budget:
                 delay = min(delay * 2, FINISH_BACKOFF_MAX_S)
 
 
-class _ClusterLocks:
-    """One lock per cluster being finished, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 def _routine(watch: WatchState, listed: Listed | None) -> bool:
     """True when this watch's step will most likely only send it back to wait: its cluster
     is as it was at the last look."""
@@ -577,7 +557,7 @@ class WatchHandler:
         # Without the deployment's seal (unit tests), a key of this process: watches another
         # process sealed are then finished by a password reset.
         self._seal = seal if seal is not None else CredentialSeal(secrets.token_hex(32))
-        self._finishing = _ClusterLocks()
+        self._finishing = KeyedLock()
         self._on_unauthorized = on_unauthorized
         self._wall = wall
         # Shared by every batch: with the watch prefetch in hundreds, many small batches
