@@ -3,63 +3,20 @@ cut, the API taken away, and still no request lost, no cluster twice, no secret 
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
+
+from tests.fixtures.chaos_run import figure, run_chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-ROOT = Path(__file__).resolve().parents[2]
 REDUCED_REQUESTS = 40
 # The reduced run takes about a minute on two cores; this bounds a hang, not the run (whose
 # own waits are bounded too: start 60 s, settle 120 s, stop 30 s).
 TIMEOUT_S = 360
 
 
-def _figure(output: str, label: str) -> str:
-    match = re.search(rf"^{re.escape(label)}: (.*)$", output, re.MULTILINE)
-    assert match, f"the run did not print {label!r}:\n{output[-3000:]}"
-    return match.group(1)
-
-
 def test_reduced_chaos_run_loses_nothing_duplicates_nothing_and_leaks_no_secret() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.monotonic()
-    run = subprocess.Popen(
-        [sys.executable, "-m", "tests.chaos.run", "--requests", str(REDUCED_REQUESTS)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = run.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the run stop its replicas and delete its vhost before it goes.
-        run.send_signal(signal.SIGTERM)
-        stdout, stderr = run.communicate(timeout=120)
-        pytest.fail(f"the reduced chaos run took over {TIMEOUT_S} s:\n{stdout[-4000:]}")
-    took = time.monotonic() - started
-    output = stdout
-    report = f"exit {run.returncode} after {took:.0f} s\n{output[-4000:]}\n{stderr[-2000:]}"
-    assert run.returncode == 0, report
-    assert "verdict: PASS" in output, report
-    # The figures themselves, not only the exit code.
-    assert _figure(output, "duplicate clusters") == "0", report
-    ready = _figure(output, "connection_ready per good request after dedupe")
-    counts = re.match(r"(\d+)/(\d+)", ready)
-    assert counts, report
-    done, good = counts.groups()
-    assert done == good and int(good) > 0, report
-    assert "lost: 0, failed: 0" in ready, report
-    assert _figure(output, "messages left in queues").startswith("0 "), report
-    assert _figure(output, "secrets found in logs").startswith("0 "), report
-    assert int(_figure(output, "replicas killed").split()[0]) >= 3, report
-    assert int(_figure(output, "connections closed").split()[0]) >= 2, report
+    args = ["--requests", str(REDUCED_REQUESTS)]
+    output, report = run_chaos(args, timeout_s=TIMEOUT_S, name="reduced chaos run")
+    assert int(figure(output, "replicas killed").split()[0]) >= 3, report
+    assert int(figure(output, "connections closed").split()[0]) >= 2, report
