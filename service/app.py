@@ -37,7 +37,7 @@ from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology, bounds, declare, message_count
 from service.config import ConfigError, Settings, load_settings
 from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
-from service.digitalocean.client import ClusterScan
+from service.digitalocean.scan import ClusterScan
 from service.http import HealthServer
 from service.metrics import ProvisionerMetrics
 from service.observability import configure_logging, register_secret
@@ -46,7 +46,8 @@ from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
-from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
+from service.provisioning.snapshot import ClusterSnapshot
+from service.provisioning.watch import WatchHandler, WatchOutcome
 from service.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
@@ -90,9 +91,7 @@ class SecretRegisteringApi:
         full: Callable[[str, str | None], bool] | None = None,
         count_prefix: str | None = None,
     ) -> ClusterScan:
-        # Without this the watches' ``ClusterSnapshot`` sees no scanner and reads every
-        # cluster of the account in full at each list: megabytes with thousands of clusters.
-        # Lean, only the clusters it follows are read in full (their passwords registered).
+        # Only the clusters read in full carry passwords to register.
         scan = await self._client.scan_clusters(
             tag_name, tag_prefix=tag_prefix, full=full, count_prefix=count_prefix
         )
@@ -245,7 +244,7 @@ class Service:
                 self.api,
                 s.managed_tag,
                 max_age_s=min(1.0, s.poll_interval_s / 4),
-                period_s=s.poll_interval_s,
+                poll_interval_s=s.poll_interval_s,
             )
             if s.poll_mode == "list"
             else None
@@ -274,6 +273,7 @@ class Service:
             work=publisher,
             factory=factory,
             snapshot=snapshot,
+            poll_interval_s=s.poll_interval_s,
             not_found_grace_s=s.not_found_grace_s,
             finish_max_attempts=s.finish_max_attempts,
             on_unauthorized=self._on_unauthorized,

@@ -13,7 +13,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta, Struct
 
-from service.digitalocean.client import check_base_url
+from service.digitalocean.urls import check_base_url
 
 __all__ = ["ENVIRONMENT", "ConfigError", "Settings", "load_settings"]
 

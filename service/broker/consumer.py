@@ -27,13 +27,14 @@ from service.broker.topology import DeclaredQueue, declare_queue
 from service.metrics import Consumer, ProvisionerMetrics
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.messages import (
+    DUE_HEADER,
     WATCH_VERSION,
     WatchState,
     decode_stamp,
     decode_watch,
 )
 from service.provisioning.ports import Delivery
-from service.provisioning.watch import DUE_HEADER, WatchHandler, WatchOutcome
+from service.provisioning.watch import WatchHandler, WatchOutcome
 from service.tracing import context_from_headers, messaging_span
 
 __all__ = ["AckBatcher", "CommandConsumer", "WatchConsumer", "to_delivery"]

@@ -37,6 +37,7 @@ from service.broker.topology import Topology
 from service.provisioning.messages import (
     APP_ID,
     ATTEMPT_HEADER,
+    DUE_HEADER,
     PRODUCER_HEADER,
     REJECTION_HEADER,
     WATCH_CONTENT_TYPE,
@@ -45,7 +46,6 @@ from service.provisioning.messages import (
     encode_watch,
 )
 from service.provisioning.ports import Delivery, ParkingFull
-from service.provisioning.watch import DUE_HEADER, LOOKED_AT
 from service.tracing import current_trace_headers, messaging_span
 
 __all__ = ["HEADERS_DROPPED_HEADER", "PublishObserver", "RabbitPublisher"]
@@ -163,13 +163,11 @@ class RabbitPublisher:
             mandatory=True,
         )
 
-    async def schedule_watch(self, watch: WatchState) -> None:
-        """The watch, back after one poll interval (due one interval after the list it looked
-        at, when it looked at one: see ``DUE_HEADER``)."""
-        looked_at = LOOKED_AT.get()
+    async def schedule_watch(self, watch: WatchState, *, due: float | None = None) -> None:
+        """The watch, back after one poll interval, with its ``due`` time when it has one."""
         headers: dict[str, Any] = {}
-        if looked_at is not None:
-            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.watch_delay_s)
+        if due is not None:
+            headers[DUE_HEADER] = encode_stamp(due)
         if watch.traceparent is None:
             # The first watch of a request: it carries the command's trace from now on.
             trace_headers = current_trace_headers()

@@ -9,12 +9,8 @@ rate-limit headers back to it. Calls that are safe to send twice (GET, DELETE) a
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import re
-import sys
 import time
-from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Final, Self, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
@@ -51,19 +47,18 @@ from service.digitalocean.errors import (
     TransportError,
     error_from_response,
 )
+from service.digitalocean.list_reader import ClusterListReader
 from service.digitalocean.ratelimit import RateLimiter, RateLimitTimeout
 from service.digitalocean.retry import RetryPolicy
+from service.digitalocean.scan import ClusterScan
+from service.digitalocean.urls import check_base_url, path_segment
 from service.tracing import client_span
 
 __all__ = [
     "DEFAULT_RETRY",
     "TRANSPORT_ERROR",
     "CallObserver",
-    "ClusterScan",
-    "ClusterSummary",
     "DigitalOceanClient",
-    "TagIndex",
-    "check_base_url",
     "default_user_agent",
 ]
 
@@ -90,257 +85,15 @@ _USER: Final = msgspec.json.Decoder(DatabaseUserResponse)
 _DB: Final = msgspec.json.Decoder(DatabaseNameResponse)
 
 
-class ClusterSummary(msgspec.Struct, frozen=True):
-    """What a scan reads of every listed cluster: the rest of it is skipped unread."""
-
-    id: str
-    status: str | None = None
-    tags: list[str] | None = None
-
-
-class TagIndex(Mapping[int, str]):
-    """``hash(tag)`` -> cluster id, kept flat: the hashes in one array of machine integers and
-    the ids in one list, a table with open addressing (linear probing) at most two thirds
-    full: 24 to 48 bytes a cluster, where a dict with ``int`` keys takes about 64 (a number
-    object of 48 bytes for each key, besides the dict's own table); in a lean list of
-    thousands of clusters this index was the largest part. As in a dict, a key added again
-    takes the new value."""
-
-    __slots__ = ("_count", "_hashes", "_ids", "_mask")
-
-    def __init__(self) -> None:
-        self._hashes = array("q", bytes(8 * 8))
-        self._ids: list[str | None] = [None] * 8
-        self._mask = 7
-        self._count = 0
-
-    def add(self, key: int, cluster_id: str) -> None:
-        """Map ``key`` (a ``hash()``) to ``cluster_id``."""
-        if 3 * (self._count + 1) > 2 * len(self._ids):
-            self._grow()
-        slot = self._slot(key)
-        if self._ids[slot] is None:
-            self._count += 1
-            self._hashes[slot] = key
-        self._ids[slot] = cluster_id
-
-    def _slot(self, key: int) -> int:
-        """Where ``key`` is, or the empty slot where it would go."""
-        hashes, ids, mask = self._hashes, self._ids, self._mask
-        slot = key & mask
-        while ids[slot] is not None and hashes[slot] != key:
-            slot = (slot + 1) & mask
-        return slot
-
-    def _grow(self) -> None:
-        hashes, ids = self._hashes, self._ids
-        size = 2 * len(ids)
-        self._hashes = array("q", bytes(8 * size))
-        self._ids = [None] * size
-        self._mask = size - 1
-        self._count = 0
-        for key, cluster_id in zip(hashes, ids, strict=True):
-            if cluster_id is not None:
-                self.add(key, cluster_id)
-
-    def __getitem__(self, key: int) -> str:
-        cluster_id = self._ids[self._slot(key)]
-        if cluster_id is None:
-            raise KeyError(key)
-        return cluster_id
-
-    def __iter__(self) -> Iterator[int]:
-        return (key for key, i in zip(self._hashes, self._ids, strict=True) if i is not None)
-
-    def __len__(self) -> int:
-        return self._count
-
-
-class ClusterScan(msgspec.Struct, frozen=True):
-    """A lean reading of ``GET /v2/databases`` (see ``DigitalOceanClient.scan_clusters``)."""
-
-    statuses: dict[str, str | None]
-    """Every listed cluster: id -> status."""
-    tagged: Mapping[int, str]
-    """``hash(tag)`` -> cluster id, for the tags that start with the scan's ``tag_prefix``
-    (see ``tagged_with``): a number per cluster instead of its tag, the largest part of the
-    index otherwise; a ``TagIndex`` when read by ``scan_clusters``."""
-    full: dict[str, DatabaseCluster]
-    """The clusters the scan was asked to read in full, by id."""
-    creating: dict[str, int] = {}
-    """How many ``creating`` clusters carry each tag that starts with the scan's
-    ``count_prefix``."""
-
-    def tagged_with(self, tag: str) -> str | None:
-        """The id of the cluster that carries ``tag``, if any; almost certainly right (the
-        key is a hash), so check the cluster's tags before relying on it."""
-        return self.tagged.get(hash(tag))
-
-
-class _RawList(msgspec.Struct):
-    databases: list[msgspec.Raw] | None = None
-
-
-_SUMMARY: Final = msgspec.json.Decoder(ClusterSummary)
-_FULL_CLUSTER: Final = msgspec.json.Decoder(DatabaseCluster)
-_RAW_ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
-_RAW_LIST: Final = msgspec.json.Decoder(_RawList)
-# The list body as DigitalOcean (and the simulator) sends it: {"databases":[{"id":...},...]}.
-_LIST_HEAD: Final = re.compile(rb'\s*\{\s*"databases"\s*:\s*\[')
-_BETWEEN_ITEMS: Final = re.compile(rb"\}\s*,\s*(?=\{)")
-_HEAD_PEEK: Final = 256
-_CUT_TRIES: Final = 8
-
-
-class _ClusterListReader:
-    """Reads a list body chunk by chunk, so that memory holds one chunk and the index, never
-    the whole body: thousands of clusters make a body of megabytes.
-
-    The elements of the ``databases`` array are cut off the front of the buffer in groups. A
-    candidate cut is a ``},{`` (a cluster starting with ``"id"`` is tried first); it is the end
-    of a group exactly when ``[`` + the bytes before it + ``]`` decodes, since a cut inside a
-    string or a nested object leaves an unterminated string or unbalanced brackets. A body of
-    another shape is read whole and decoded at the end, so nothing valid is ever refused.
-    """
-
-    def __init__(
-        self,
-        tag_prefix: str | None,
-        full: Callable[[str, str | None], bool],
-        count_prefix: str | None = None,
-    ) -> None:
-        self._tag_prefix = tag_prefix
-        self._count_prefix = count_prefix
-        self._full = full
-        self._buffer = bytearray()
-        self._state = "head"  # then "items" (the expected shape) or "whole" (anything else)
-        self.statuses: dict[str, str | None] = {}
-        self.tagged = TagIndex()
-        self.full: dict[str, DatabaseCluster] = {}
-        self.creating: dict[str, int] = {}
-        self.error: msgspec.DecodeError | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        """Take the next chunk of the body; a decoding error is kept for ``result``."""
-        if self.error is not None:
-            return
-        self._buffer += chunk
-        try:
-            if self._state == "head":
-                head = _LIST_HEAD.match(self._buffer)
-                if head is not None:
-                    del self._buffer[: head.end()]
-                    self._state = "items"
-                elif len(self._buffer) >= _HEAD_PEEK:
-                    self._state = "whole"
-            if self._state == "items":
-                self._cut()
-        except msgspec.DecodeError as exc:
-            self.error = exc
-
-    def result(self) -> ClusterScan:
-        """The scan, once the body has ended; raises ``msgspec.DecodeError`` if it was not
-        a list of clusters."""
-        if self.error is not None:
-            raise self.error
-        body = self._buffer
-        if self._state == "items":
-            body = bytearray(b'{"databases":[') + body
-        self._take(_RAW_LIST.decode(body).databases or [])
-        self._buffer = bytearray()
-        return ClusterScan(
-            statuses=self.statuses, tagged=self.tagged, full=self.full, creating=self.creating
-        )
-
-    def _cut(self) -> None:
-        buffer = self._buffer
-        cuts = list(_BETWEEN_ITEMS.finditer(buffer))
-        # Latest first, and among them the ones followed by a cluster's leading "id".
-        cuts.sort(key=lambda m: (buffer.startswith(b'{"id"', m.end()), m.start()), reverse=True)
-        for cut in cuts[:_CUT_TRIES]:
-            group = bytearray(b"[")
-            group += buffer[: cut.start() + 1]
-            group += b"]"
-            try:
-                items = _RAW_ITEMS.decode(group)
-            except msgspec.DecodeError:
-                continue
-            self._take(items)
-            del buffer[: cut.end()]
-            return
-
-    def _take(self, items: list[msgspec.Raw]) -> None:
-        prefix = self._tag_prefix
-        for item in items:
-            summary = _SUMMARY.decode(item)
-            # Interned: a handful of statuses for thousands of clusters, and one string per
-            # id across scans and indexes instead of a new copy with each scan.
-            cluster_id = sys.intern(summary.id)
-            status = sys.intern(summary.status) if summary.status is not None else None
-            self.statuses[cluster_id] = status
-            if prefix is not None:
-                for tag in summary.tags or ():
-                    if tag.startswith(prefix):
-                        self.tagged.add(hash(tag), cluster_id)
-            if status == "creating" and self._count_prefix is not None:
-                for tag in summary.tags or ():
-                    if tag.startswith(self._count_prefix):
-                        self.creating[tag] = self.creating.get(tag, 0) + 1
-            if self._full(cluster_id, status):
-                self.full[cluster_id] = _FULL_CLUSTER.decode(item)
-
-
 def default_user_agent() -> str:
     """``do-db-provisioner/<version> aiohttp/<version>``."""
     return f"do-db-provisioner/{__version__} aiohttp/{aiohttp.__version__}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host.rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(base_url: str) -> str:
-    """``base_url`` without its trailing slash, or ``ValueError`` naming the rule it breaks.
-
-    The token travels in every request, so it only goes over TLS, except to this machine
-    (127.0.0.0/8, ::1, localhost), where the simulator serves plain HTTP.
-    """
-    try:
-        parts = urlsplit(base_url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValueError("the DigitalOcean API URL is not a valid URL") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not host:
-        raise ValueError("the DigitalOcean API URL must be an absolute http(s):// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("the DigitalOcean API URL must not carry credentials; pass the token")
-    if parts.query or parts.fragment:
-        raise ValueError("the DigitalOcean API URL must not have a query or a fragment")
-    if scheme == "http" and not _is_loopback(host):
-        raise ValueError(
-            "the DigitalOcean API URL must use https:// unless its host is loopback "
-            f"(127.0.0.0/8, ::1, localhost); got http:// with host {host!r}"
-        )
-    return base_url.rstrip("/")
 
 
 def _check_token(token: str) -> None:
     # Whitespace or control characters would break (or inject into) the header.
     if not token or any(c.isspace() or not c.isprintable() for c in token):
         raise ValueError("the DigitalOcean token must be a non-empty string without whitespace")
-
-
-def _path_id(value: str) -> str:
-    if not value:
-        raise ValueError("a cluster id must not be empty")
-    return quote(value, safe="")
 
 
 class _Reply(msgspec.Struct, frozen=True):
@@ -351,7 +104,7 @@ class _Reply(msgspec.Struct, frozen=True):
     headers: Mapping[str, str]
     hold_s: float | None
     """The 429 hold the limiter applied, if this was a 429."""
-    streamed: _ClusterListReader | None = None
+    streamed: ClusterListReader | None = None
     """For a scan answered 200: the reader the body went to (``body`` is then empty)."""
 
     @property
@@ -498,7 +251,9 @@ class DigitalOceanClient:
     async def get_cluster(self, cluster_id: str) -> DatabaseCluster:
         """``GET /v2/databases/{cluster_id}`` (retried)."""
         operation = "get_cluster"
-        reply = await self._idempotent(operation, "GET", f"/v2/databases/{_path_id(cluster_id)}")
+        reply = await self._idempotent(
+            operation, "GET", f"/v2/databases/{path_segment(cluster_id)}"
+        )
         return self._decode(operation, reply, _CLUSTER).database
 
     async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
@@ -534,8 +289,8 @@ class DigitalOceanClient:
             path += "?" + urlencode({"tag_name": tag_name}, quote_via=quote)
         wanted = full if full is not None else _nothing_in_full
 
-        def reader() -> _ClusterListReader:
-            return _ClusterListReader(tag_prefix, wanted, count_prefix)
+        def reader() -> ClusterListReader:
+            return ClusterListReader(tag_prefix, wanted, count_prefix)
 
         # Urgent: one list answers every due watch at once (see RateLimiter).
         reply = await self._idempotent(operation, "GET", path, urgent=True, stream=reader)
@@ -557,14 +312,14 @@ class DigitalOceanClient:
     async def get_ca(self, cluster_id: str) -> CaCertificate:
         """``GET /v2/databases/{cluster_id}/ca`` (retried)."""
         operation = "get_ca"
-        path = f"/v2/databases/{_path_id(cluster_id)}/ca"
+        path = f"/v2/databases/{path_segment(cluster_id)}/ca"
         reply = await self._idempotent(operation, "GET", path)
         return self._decode(operation, reply, _CA).ca
 
     async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser:
         """``POST /v2/databases/{cluster_id}/users``; not retried (a replay could get a 422)."""
         operation = "add_user"
-        path = f"/v2/databases/{_path_id(cluster_id)}/users"
+        path = f"/v2/databases/{path_segment(cluster_id)}/users"
         reply = await self._exchange(operation, "POST", path, body=_ENCODER.encode(user))
         if not reply.ok:
             raise self._error(operation, reply)
@@ -575,7 +330,9 @@ class DigitalOceanClient:
         new password (for MongoDB the only way to learn one after the POST that made it).
         Not retried: each reset makes another password."""
         operation = "reset_auth"
-        path = f"/v2/databases/{_path_id(cluster_id)}/users/{_path_id(user_name)}/reset_auth"
+        path = (
+            f"/v2/databases/{path_segment(cluster_id)}/users/{path_segment(user_name)}/reset_auth"
+        )
         reply = await self._exchange(operation, "POST", path, body=b"{}")
         if not reply.ok:
             raise self._error(operation, reply)
@@ -584,7 +341,7 @@ class DigitalOceanClient:
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         """``POST /v2/databases/{cluster_id}/dbs``; not retried (a replay could get a 422)."""
         operation = "add_database"
-        path = f"/v2/databases/{_path_id(cluster_id)}/dbs"
+        path = f"/v2/databases/{path_segment(cluster_id)}/dbs"
         body = _ENCODER.encode(DatabaseCreate(name=name))
         reply = await self._exchange(operation, "POST", path, body=body)
         if not reply.ok:
@@ -598,7 +355,7 @@ class DigitalOceanClient:
         deleted it. A 404 on the first attempt raises :class:`NotFound`.
         """
         operation = "delete_cluster"
-        path = f"/v2/databases/{_path_id(cluster_id)}"
+        path = f"/v2/databases/{path_segment(cluster_id)}"
         await self._idempotent(operation, "DELETE", path, absent_means_done=True)
 
     # --- machinery ----------------------------------------------------------------------------
@@ -611,7 +368,7 @@ class DigitalOceanClient:
         *,
         absent_means_done: bool = False,
         urgent: bool = False,
-        stream: Callable[[], _ClusterListReader] | None = None,
+        stream: Callable[[], ClusterListReader] | None = None,
     ) -> _Reply:
         """Send a request that is safe to repeat, retrying 5xx, 429 and transport failures."""
         policy = self.retry
@@ -668,7 +425,7 @@ class DigitalOceanClient:
         body: bytes | None = None,
         max_wait_s: float | None = None,
         urgent: bool = False,
-        stream: Callable[[], _ClusterListReader] | None = None,
+        stream: Callable[[], ClusterListReader] | None = None,
     ) -> _Reply:
         """One HTTP attempt as a client span of the current trace (the rate limiter's wait
         included), with DigitalOcean's ``x-request-id`` on it."""
@@ -707,7 +464,7 @@ class DigitalOceanClient:
         body: bytes | None = None,
         max_wait_s: float | None = None,
         urgent: bool = False,
-        stream: Callable[[], _ClusterListReader] | None = None,
+        stream: Callable[[], ClusterListReader] | None = None,
     ) -> _Reply:
         """One HTTP attempt through the rate limiter; raises only ``TransportError`` or a
         local ``RateLimited``; any HTTP status comes back as a reply. With ``stream``, a 200
@@ -732,7 +489,7 @@ class DigitalOceanClient:
             ) as response:
                 status = response.status
                 response_headers = response.headers
-                streamed: _ClusterListReader | None = None
+                streamed: ClusterListReader | None = None
                 payload = b""
                 if stream is not None and status == 200:
                     streamed = stream()

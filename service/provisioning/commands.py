@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -26,11 +25,11 @@ import structlog
 from msgspec import Struct
 
 from contracts.commands import COMMAND_CONTENT_TYPE, ProvisionDatabase, decode_command
-from contracts.digitalocean import DatabaseCluster, DatabaseClusterCreate
+from contracts.digitalocean import DatabaseCluster
 from contracts.errors import FieldError, InvalidCommand
 from contracts.events import EVENT_CONTENT_TYPE, ApiErrorDetail
 from contracts.sealed import SealedSecrets, SealedSecretsError, seal_secrets
-from service.digitalocean import (
+from service.digitalocean.errors import (
     AmbiguousCreate,
     ApiError,
     RateLimited,
@@ -65,7 +64,8 @@ from service.provisioning.ports import (
     ParkReason,
     WorkQueues,
 )
-from service.provisioning.watch import ClusterSnapshot
+from service.provisioning.snapshot import ClusterSnapshot
+from service.provisioning.tags import owner_tag, request_tag, spec_tag
 
 __all__ = ["CommandHandler", "CommandOutcome", "owner_tag", "request_tag", "spec_tag"]
 
@@ -85,31 +85,6 @@ class CommandOutcome(Struct, frozen=True):
 
     outcome: Outcome
     disposition: Literal["ack", "requeue", "reject"]
-
-
-def request_tag(managed_tag: str, producer: str, request_id: str) -> str:
-    """The tag that marks the cluster a producer's request created (DigitalOcean tags allow
-    letters, digits, ``:``, ``-`` and ``_``; a hash keeps any name within that). Two producers
-    using the same ``request_id`` get different tags, so neither can adopt the other's."""
-    digest = hashlib.sha256(f"{producer}\x00{request_id}".encode()).hexdigest()[:32]
-    return f"{managed_tag}:req:{digest}"
-
-
-def owner_tag(managed_tag: str, producer: str) -> str:
-    """The tag on every cluster the service created for ``producer``: what its restores and
-    its clusters in flight are counted by."""
-    digest = hashlib.sha256(producer.encode()).hexdigest()[:32]
-    return f"{managed_tag}:owner:{digest}"
-
-
-def spec_tag(managed_tag: str, cluster: DatabaseClusterCreate) -> str:
-    """The tag that fingerprints what a request asked for, so that a request_id reused with
-    a different cluster is refused instead of being handed the first one's cluster."""
-    digest = hashlib.sha256(_encoder.encode(cluster)).hexdigest()[:32]
-    return f"{managed_tag}:spec:{digest}"
-
-
-_encoder = msgspec.json.Encoder()
 
 
 def _attempt(delivery: Delivery) -> int:

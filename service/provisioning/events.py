@@ -21,7 +21,7 @@ from contracts.events import (
     StatusChangedData,
 )
 from contracts.sealed import seal_secrets, without_secrets
-from service.digitalocean import ApiError
+from service.digitalocean.errors import ApiError
 from service.provisioning.messages import WatchState
 
 __all__ = ["EventFactory", "SecretsPolicy", "api_error_detail"]

@@ -17,6 +17,7 @@ from contracts.digitalocean import DatabaseUserCreate
 __all__ = [
     "APP_ID",
     "ATTEMPT_HEADER",
+    "DUE_HEADER",
     "FIRST_ATTEMPT_HEADER",
     "OVERSIZED_CONTENT_TYPE",
     "PRODUCER_HEADER",
@@ -50,6 +51,9 @@ WATCH_VERSION: Final = 3
 # copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
 # request it is; it is believed only on messages whose user_id is the service's.
 PRODUCER_HEADER: Final = "x-provisioner-producer"
+# On a watch sent back after a list: when it is due again (epoch seconds, ``encode_stamp``),
+# one poll interval after that list started (docs/architecture.md, "Watches travel in waves").
+DUE_HEADER: Final = "x-provisioner-due"
 
 
 def encode_stamp(seconds: float) -> str:

@@ -17,7 +17,7 @@ import structlog
 
 from contracts.digitalocean import DatabaseClusterCreate, DatabaseOptions
 from contracts.errors import FieldError
-from service.digitalocean import ApiError
+from service.digitalocean.errors import ApiError
 from service.provisioning.ports import ClusterApi
 
 __all__ = ["NEAR_END_S", "OfferCheck", "availability_warnings", "check_against_options"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
 from msgspec import Struct
@@ -19,7 +20,15 @@ from contracts.errors import FieldError
 from contracts.events import Event
 from service.provisioning.messages import WatchState
 
-__all__ = ["ClusterApi", "Delivery", "EventBus", "ParkReason", "ParkingFull", "WorkQueues"]
+__all__ = [
+    "ClusterApi",
+    "ClusterListing",
+    "Delivery",
+    "EventBus",
+    "ParkReason",
+    "ParkingFull",
+    "WorkQueues",
+]
 
 ParkReason = Literal["invalid", "too_large", "unreadable_properties", "parking_full"]
 """Why a command went to the parking queue (``parking_full``: it could not, and was dropped
@@ -30,12 +39,50 @@ class ParkingFull(Exception):
     """The parking queue is at its bound and the broker refused the message."""
 
 
+class ClusterListing(Protocol):
+    """One reading of the cluster list, lean: every cluster's status, who carries a request
+    tag, and only some clusters in full (``service.digitalocean.scan.ClusterScan``)."""
+
+    @property
+    def statuses(self) -> Mapping[str, str | None]:
+        """Every listed cluster: id -> status."""
+        ...
+
+    @property
+    def full(self) -> Mapping[str, DatabaseCluster]:
+        """The clusters read in full, by id."""
+        ...
+
+    @property
+    def creating(self) -> Mapping[str, int]:
+        """How many ``creating`` clusters carry each tag that starts with the scan's
+        ``count_prefix``."""
+        ...
+
+    def tagged_with(self, tag: str) -> str | None:
+        """The id of the cluster that carries ``tag`` (one starting with the scan's
+        ``tag_prefix``), if any; almost certainly right, so check the cluster's tags."""
+        ...
+
+
 class ClusterApi(Protocol):
     """What the domain needs of DigitalOcean (``service.digitalocean.DigitalOceanClient``)."""
 
     async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster: ...
     async def get_cluster(self, cluster_id: str) -> DatabaseCluster: ...
     async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]: ...
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
+    ) -> ClusterListing:
+        """The list of the clusters tagged ``tag_name``, read lean: in full at least those
+        for which ``full(id, status)`` is true."""
+        ...
+
     async def get_options(self) -> DatabaseOptions: ...
     async def get_ca(self, cluster_id: str) -> CaCertificate: ...
     async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser: ...
@@ -82,8 +129,9 @@ class WorkQueues(Protocol):
         """Send ``producer``'s command back through the delay for retry number ``attempt``."""
         ...
 
-    async def schedule_watch(self, watch: WatchState) -> None:
-        """Look at this cluster again after one poll interval."""
+    async def schedule_watch(self, watch: WatchState, *, due: float | None = None) -> None:
+        """Look at this cluster again after one poll interval; ``due`` (wall clock), when
+        given, travels with the watch as the time it is due (``messages.DUE_HEADER``)."""
         ...
 
     async def park(

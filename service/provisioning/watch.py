@@ -1,23 +1,19 @@
 """Follow clusters from ``creating`` to ``online``, then finish them.
 
-A watch is a message that cycles through a delay queue, so it lives in RabbitMQ and
-any replica can take it. Due watches arrive in batches; one batch costs one
-``GET /v2/databases?tag_name=...`` (shared by batches that arrive close together), not one
-GET per cluster, which is what lets one token follow thousands of clusters.
+A watch is a message that cycles through a delay queue, so it lives in RabbitMQ and any
+replica can take it. Due watches arrive in batches; a batch costs one list call, shared with
+the batches around it (``ClusterSnapshot``), not one GET per cluster: that is what lets one
+token follow thousands of clusters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import random
 import secrets
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -30,7 +26,7 @@ from contracts.digitalocean import (
     DatabaseUserCreate,
 )
 from contracts.events import ApiErrorDetail, Event, FailureReason
-from service.digitalocean import (
+from service.digitalocean.errors import (
     ApiError,
     Forbidden,
     NotFound,
@@ -40,55 +36,26 @@ from service.digitalocean import (
     Unauthorized,
     Unprocessable,
 )
-from service.digitalocean.client import ClusterScan
 from service.provisioning.credentials import CredentialSeal, missing_passwords, with_passwords
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.locks import KeyedLock
 from service.provisioning.messages import WatchState
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
+from service.provisioning.snapshot import ClusterSnapshot
 from service.tracing import watch_step_span
 
-__all__ = [
-    "DUE_HEADER",
-    "LOOKED_AT",
-    "ClusterScanner",
-    "ClusterSnapshot",
-    "WatchHandler",
-    "WatchOutcome",
-]
+__all__ = ["WatchHandler", "WatchOutcome", "due_after"]
 
 log = structlog.get_logger(__name__)
 
 TRANSIENT: Final = (RateLimited, ServerError, TransportError)
 
-DUE_HEADER: Final = "x-provisioner-due"
-"""On a watch message: when it is due again (wall clock, seconds, as a string, since AMQP
-would send a float as 32 bits): one poll interval after the start of the list it last saw.
-A batch needs a list started after that, not after its own arrival, so that the watches one
-list served, however spread out they come back, share the next list too."""
-LOOKED_AT: ContextVar[float | None] = ContextVar("provisioner_watch_looked_at", default=None)
-"""While a watch step runs: when the list it looked at started (wall clock); the publisher
-turns it into the ``DUE_HEADER`` of the watch it sends back."""
 Outcome = Literal["waiting", "ready", "failed", "requeue"]
 Seen = tuple[str | None, DatabaseCluster | None]  # a cluster's status, and itself if at hand
 Listed = dict[str, Seen]  # what a list showed of a batch's clusters, by id
-# A watch on its first look takes a list that started at most this long before it came.
-FRESH_S: Final = 0.1
-# Clocks of replicas differ a little: a list this much older than a watch's due time does.
-DUE_SLACK_S: Final = 0.05
-# A batch served by a list this little younger than a wave's travels with that wave.
-SNAP_S: Final = 0.2
-# Lists for due watches that may start back to back; on average one per max age.
-BURST: Final = 4.0
-# Watches that may wait for a fresh list at once; more take the latest list instead.
-WAVE: Final = 400
-# First looks that may wait for a wave's next list at once; more start a wave of their own.
-JOIN: Final = 200
 # Watch steps in progress at once in one process, whatever the batches (publishes pipeline
 # within them). Each holds its task, its publish and its event: a few KiB.
 STEPS_AT_ONCE: Final = 64
-# A cluster whose watch has not been seen for this long is no longer read in full.
-FOLLOW_FOR_S: Final = 3600.0
 # Finishing calls that a just-online cluster refuses are tried again within one step for
 # this long, backing off from FINISH_BACKOFF_S to FINISH_BACKOFF_MAX_S (jittered); then the
 # watch comes back one poll later (``PROVISIONER_FINISH_MAX_ATTEMPTS`` times at most).
@@ -102,337 +69,18 @@ FINISH_BACKOFF_MAX_S: Final = 5.0
 RESET_GRACE_S: Final = FINISH_BUDGET_S + 20.0
 
 
+def due_after(looked_at: float, poll_interval_s: float) -> float:
+    """When a watch that looked at a list started at ``looked_at`` (wall clock) is due again:
+    one poll interval after the list, not after the watch's own step, so that the watches one
+    list served come back due together and share the next list."""
+    return looked_at + poll_interval_s
+
+
 class WatchOutcome(Struct, frozen=True):
     """What became of one watch in a tick."""
 
     outcome: Outcome
     time_to_online_s: float | None = None
-
-
-@runtime_checkable
-class ClusterScanner(Protocol):
-    """An API that can read the cluster list lean (``DigitalOceanClient.scan_clusters``)."""
-
-    async def scan_clusters(
-        self,
-        tag_name: str | None = None,
-        *,
-        tag_prefix: str | None = None,
-        full: Callable[[str, str | None], bool] | None = None,
-        count_prefix: str | None = None,
-    ) -> ClusterScan: ...
-
-
-class ClusterSnapshot:
-    """The managed clusters as one list call saw them, shared by every caller it can serve.
-
-    Two kinds of callers ask:
-
-    * a command's precheck (``clusters``, ``created_by``) takes any list younger than
-      ``max_age_s``;
-    * a batch of due watches (``fresh``) needs a list that started after the watches were
-      due (``DUE_HEADER``), or a watch could miss a change by one more poll interval. The
-      watches that one list served are due together and share the next list too, however
-      spread out they come back: they travel as a wave. A watch on its first look carries
-      no due time. Given the poll interval (``period_s``), it joins the wave whose next
-      list comes soonest: it waits for that list, at most a poll interval (its cluster was
-      created a poll interval ago and is hardly ever ready yet), so that new clusters add
-      no lists of their own however they trickle in. With no wave to join (or ``join``
-      watches joining already), it needs a list that started at most ``fresh_s`` before
-      it came and waits for the next one; the watches that list serves are handled, sent
-      back and so come back together, as a tight wave: a new one. Lists
-      start one per ``max_age_s`` on average (a bucket of ``burst`` lists that refills at
-      that rate): a batch that finds the bucket empty waits for the next one, and so joins
-      another wave; the burst lets waves that come a little early or late keep their own
-      list instead of waiting for a slot on a fixed grid. Only when more than ``wave``
-      watches would be waiting (more than lists can serve) does a batch take the latest
-      list, as a command does.
-
-    With an API that can scan (``ClusterScanner``) the list is read lean: every cluster's
-    status and request tag, and in full only the clusters past ``creating`` that this
-    process follows (``follow``): memory stays flat with thousands of clusters. Otherwise
-    every cluster is read in full.
-    """
-
-    def __init__(
-        self,
-        api: ClusterApi,
-        tag: str,
-        max_age_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        wall: Callable[[], float] = time.time,
-        fresh_s: float = FRESH_S,
-        burst: float = BURST,
-        wave: int = WAVE,
-        follow_for_s: float = FOLLOW_FOR_S,
-        period_s: float | None = None,
-        join: int = JOIN,
-    ) -> None:
-        self._api = api
-        self._tag = tag
-        self._request_tags = f"{tag}:req:"  # commands.request_tag's shape
-        self._owner_tags = f"{tag}:owner:"  # commands.owner_tag's shape
-        self._max_age_s = max_age_s
-        self._burst = burst
-        self._tokens = burst  # lists that may start now, as of ``_tokens_at``
-        self._tokens_at = clock()
-        self._clock = clock
-        self._wall = wall
-        self._fresh_s = fresh_s
-        self._wave_size = wave
-        self._follow_for_s = follow_for_s
-        self._listing = ClusterScan(statuses={}, tagged={}, full={})
-        self._taken_at = float("-inf")  # when the call behind ``_listing`` started
-        self._pending: asyncio.Task[tuple[ClusterScan, float]] | None = None
-        self._pending_start = float("-inf")
-        self._wave = 0  # counts the lists started for waiting watches
-        self._waiting = 0  # watches waiting for the next list to start
-        self._next_start: asyncio.Future[None] | None = None  # resolved when a list starts
-        self._followed: dict[str, float] = {}  # cluster id -> when a watch for it was seen
-        self._period_s = period_s
-        self._join_limit = join
-        self._joining = 0  # first looks waiting for a wave's next list
-        self._wave_starts: collections.deque[float] = collections.deque()  # last period's
-        self.calls = 0
-
-    # --- what the callers ask ---------------------------------------------------------
-
-    async def clusters(self) -> dict[str, DatabaseCluster]:
-        """The managed clusters read in full, by id, from a list younger than
-        ``max_age_s`` (every cluster, unless the list was scanned lean)."""
-        return (await self._recent()).full
-
-    async def created_by(self, request_tag: str) -> DatabaseCluster | None:
-        """The cluster carrying ``request_tag`` in a list younger than ``max_age_s``, or
-        None; read in full (one GET when the list was scanned lean)."""
-        listing = await self._recent()
-        cluster_id = listing.tagged_with(request_tag)
-        if cluster_id is None:
-            return None
-        cluster = listing.full.get(cluster_id)
-        if cluster is None:
-            cluster = await self._api.get_cluster(cluster_id)
-        return cluster if request_tag in (cluster.tags or ()) else None
-
-    async def creating_with(self, tag: str, unlisted: Iterable[str] = ()) -> int:
-        """How many clusters carrying ``tag`` (an owner tag) were ``creating`` in a list
-        younger than ``max_age_s``, plus those of ``unlisted`` (ids of clusters known to carry
-        it, created lately) that the list does not show yet."""
-        listing = await self._recent()
-        return listing.creating.get(tag, 0) + sum(
-            1 for cluster_id in unlisted if cluster_id not in listing.statuses
-        )
-
-    async def fresh(
-        self, watches: int = 1, *, due: float | None = None
-    ) -> tuple[ClusterScan, float]:
-        """A list that started no earlier than ``due`` (wall clock: when the batch's watches
-        were due, see ``DUE_HEADER``), or without one, no earlier than ``fresh_s`` before this
-        call; for a batch of ``watches`` due watches (see the class docstring). Returns the
-        list and when it started (wall clock). Waits at most ``max_age_s`` for the list to
-        start. When ``wave`` watches are waiting already, the batch takes the latest list if
-        it is younger than ``max_age_s`` instead: past that many, waiting would hold more
-        watches than lists can serve. A batch of first looks may join a wave instead (see the
-        class docstring)."""
-        if due is None:
-            joined = await self._join(watches)
-            if joined is not None:
-                return joined
-            after = self._clock() - self._fresh_s
-        else:  # never a list from the future; a little slack for clocks between replicas
-            now = self._clock()
-            after = min(now, due - self._wall() + now - DUE_SLACK_S)
-        wave = -1  # the wave this caller waits in
-        try:
-            while True:
-                if (at_hand := await self._at_hand(after)) is not None:
-                    return at_hand
-                pending = self._pending
-                if wave != self._wave:
-                    overrun = self._waiting + watches > self._wave_size
-                    if overrun and self._clock() - self._taken_at <= self._max_age_s:
-                        return self._served(self._listing, self._taken_at)
-                    wave = self._wave
-                    self._waiting += watches
-                if pending is not None:  # started too early for us: let it land, then ours
-                    await asyncio.wait([pending])
-                    continue
-                wait_s = self._token_wait_s()
-                if wait_s > 0:
-                    await self._until_a_list_starts(wait_s)
-                    continue
-                self._start()
-        finally:
-            if wave == self._wave:  # left before the list it waited for started
-                self._waiting -= watches
-
-    async def _join(self, watches: int) -> tuple[ClusterScan, float] | None:
-        """The next list of the wave due soonest, for a batch of first looks; None when
-        there is no wave to join, too many watches are joining already, a wave's list that is
-        fresh enough for them is at hand, or the wave does not come (then the batch has a list
-        of its own)."""
-        now = self._clock()
-        if self._wave_starts and self._wave_starts[-1] >= now - self._fresh_s:
-            return None  # a wave's list just served a batch: taking it is joining that wave
-        next_wave = self._next_wave(now)
-        if next_wave is None or self._joining + watches > self._join_limit:
-            return None
-        expected, known = next_wave
-        after = expected - DUE_SLACK_S
-        # A known wave's watches start its list when they come back, a little late; on the
-        # clock's multiple nobody may come: then the batch starts it, on time.
-        give_up_at = expected + max(self._max_age_s, self._fresh_s) if known else expected
-        self._joining += watches
-        try:
-            while True:
-                if (at_hand := await self._at_hand(after)) is not None:
-                    return at_hand
-                wait_s = give_up_at - self._clock()
-                if wait_s <= 0:
-                    return None
-                await self._until_a_list_starts(wait_s)
-        finally:
-            self._joining -= watches
-
-    async def _at_hand(self, after: float) -> tuple[ClusterScan, float] | None:
-        """The list in progress or the latest one, if it started no earlier than ``after``."""
-        pending = self._pending
-        if pending is not None and self._pending_start >= after:
-            return self._served(*await asyncio.shield(pending))
-        if self._taken_at >= after:
-            return self._served(self._listing, self._taken_at)
-        return None
-
-    async def _until_a_list_starts(self, timeout_s: float) -> None:
-        """Wait until the next list starts, or ``timeout_s``."""
-        if self._next_start is None:
-            self._next_start = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._next_start), timeout_s)
-
-    def _served(self, listing: ClusterScan, started: float) -> tuple[ClusterScan, float]:
-        """A batch of watches looked at the list that started at ``started`` (monotonic):
-        they come back together one poll interval later, as a wave; the list and its start
-        by the wall clock."""
-        if self._period_s is not None:
-            starts = self._wave_starts
-            while starts and starts[0] + self._period_s <= started:
-                starts.popleft()  # its next list is due already: no first look waits for it
-            if starts and 0 < started - starts[-1] <= SNAP_S:
-                # A list a moment younger than a wave's (a command's pre-check, say): the
-                # batch counts as looked at with that wave, so it comes back with it instead
-                # of as a wave of its own a moment apart, at the cost of seeing the next
-                # list at most that moment later than it could.
-                started = starts[-1]
-            elif not starts or started > starts[-1]:
-                starts.append(started)
-        return listing, self._as_wall(started)
-
-    def _next_wave(self, now: float) -> tuple[float, bool] | None:
-        """When the next list of a wave is expected (monotonic): one poll interval after a
-        list that served a batch of watches within the last interval; the soonest such (and
-        True). With no wave in sight, the next multiple of the poll interval by the wall clock:
-        every replica agrees on it, so the waves that replicas start apart become one, and
-        a wave's watches, whichever replica they come back to, share its list."""
-        if self._period_s is None or self._period_s <= 0:
-            return None
-        starts = self._wave_starts
-        while starts and starts[0] + self._period_s <= now:
-            starts.popleft()
-        if starts:
-            return starts[0] + self._period_s, True
-        return now + self._period_s - self._wall() % self._period_s, False
-
-    def _as_wall(self, monotonic: float) -> float:
-        return monotonic + self._wall() - self._clock()
-
-    def follow(self, cluster_ids: Iterable[str]) -> None:
-        """Watches for these clusters are in hand: read them in full once past ``creating``."""
-        now = self._clock()
-        for cluster_id in cluster_ids:
-            # Interned, as the lean scan's ids are: one string per cluster in every index.
-            self._followed[sys.intern(cluster_id)] = now
-
-    def forget(self, cluster_id: str) -> None:
-        """The watch for this cluster ended here."""
-        self._followed.pop(cluster_id, None)
-
-    # --- the list call ----------------------------------------------------------------
-
-    async def _recent(self) -> ClusterScan:
-        if self._clock() - self._taken_at <= self._max_age_s:
-            return self._listing
-        pending = self._pending if self._pending is not None else self._start()
-        listing, _ = await asyncio.shield(pending)
-        return listing
-
-    def _start(self) -> asyncio.Task[tuple[ClusterScan, float]]:
-        started = self._clock()
-        self._pending_start = started
-        self._tokens = max(0.0, self._tokens_now(started) - 1.0)
-        self._tokens_at = started
-        task = asyncio.ensure_future(self._take(started))
-        self._pending = task
-        task.add_done_callback(self._landed)
-        # Everyone waiting so far is served by this list: a new wave begins.
-        self._wave += 1
-        self._waiting = 0
-        if self._next_start is not None:
-            self._next_start.set_result(None)
-            self._next_start = None
-        return task
-
-    def _tokens_now(self, now: float) -> float:
-        if self._max_age_s <= 0:
-            return self._burst
-        return min(self._burst, self._tokens + (now - self._tokens_at) / self._max_age_s)
-
-    def _token_wait_s(self) -> float:
-        """Seconds until a list may start (0: now)."""
-        missing = 1.0 - self._tokens_now(self._clock())
-        return max(0.0, missing * self._max_age_s)
-
-    def _landed(self, task: asyncio.Task[tuple[ClusterScan, float]]) -> None:
-        if self._pending is task:
-            self._pending = None
-        if not task.cancelled():
-            task.exception()  # seen: every waiter gets it through its shield
-
-    async def _take(self, started: float) -> tuple[ClusterScan, float]:
-        self.calls += 1
-        if isinstance(self._api, ClusterScanner):
-            listing = await self._api.scan_clusters(
-                self._tag,
-                tag_prefix=self._request_tags,
-                full=self._wanted,
-                count_prefix=self._owner_tags,
-            )
-        else:
-            listing = self._index(await self._api.list_clusters(tag_name=self._tag))
-        horizon = started - self._follow_for_s
-        self._followed = {k: seen for k, seen in self._followed.items() if seen >= horizon}
-        if started >= self._taken_at:
-            self._listing, self._taken_at = listing, started
-        return listing, started
-
-    def _wanted(self, cluster_id: str, status: str | None) -> bool:
-        return status != "creating" and cluster_id in self._followed
-
-    def _index(self, clusters: Sequence[DatabaseCluster]) -> ClusterScan:
-        prefix = self._request_tags
-        creating: dict[str, int] = {}
-        for c in clusters:
-            if c.status == "creating":
-                for t in c.tags or ():
-                    if t.startswith(self._owner_tags):
-                        creating[t] = creating.get(t, 0) + 1
-        return ClusterScan(
-            statuses={c.id: c.status for c in clusters},
-            tagged={hash(t): c.id for c in clusters for t in c.tags or () if t.startswith(prefix)},
-            full={c.id: c for c in clusters},
-            creating=creating,
-        )
 
 
 class _StepFailed(Exception):
@@ -536,6 +184,7 @@ class WatchHandler:
         work: WorkQueues,
         factory: EventFactory,
         snapshot: ClusterSnapshot | None,
+        poll_interval_s: float,
         not_found_grace_s: float,
         finish_max_attempts: int,
         on_unauthorized: Callable[[], Awaitable[None]],
@@ -550,6 +199,7 @@ class WatchHandler:
         self._work = work
         self._factory = factory
         self._snapshot = snapshot  # None: per-cluster polling (accounts that cannot list)
+        self._poll_interval_s = poll_interval_s
         self._grace_s = not_found_grace_s
         self._finish_max_attempts = finish_max_attempts
         self._finish_budget_s = finish_budget_s
@@ -571,6 +221,7 @@ class WatchHandler:
         """Advance every watch; the outcome list is in the batch's order. ``due``: when the
         watches were due (wall clock, from ``DUE_HEADER``), if they say."""
         listed: Listed | None = None
+        due_again: float | None = None  # for the watches sent back; None: none is known
         creating = [w.cluster_id for w in watches if w.phase == "creating"]
         if self._snapshot is not None and creating:
             self._snapshot.follow(creating)
@@ -578,13 +229,11 @@ class WatchHandler:
                 listing, started = await self._snapshot.fresh(len(creating), due=due)
             except ApiError as exc:
                 log.warning("watch_list_failed", error=str(exc), batch=len(watches))
-                # Each is looked at on its own now: due again one interval from now, not
-                # taken for a first look (which may wait for a wave) when it comes back.
-                LOOKED_AT.set(self._wall())
+                # Each is looked at on its own now. With a due time on them, they do not wait
+                # for others' next list when they come back, as watches without one may.
+                due_again = due_after(self._wall(), self._poll_interval_s)
             else:
-                # The watches sent back are due again one interval after this list: with
-                # that on them, the ones this list served come back as one wave.
-                LOOKED_AT.set(started)
+                due_again = due_after(started, self._poll_interval_s)
                 # What the batch needs of the list, so that the list itself can go: with
                 # thousands of clusters it is the largest thing a batch would hold.
                 listed = {
@@ -606,7 +255,7 @@ class WatchHandler:
                 async with self._steps:
                     try:
                         with watch_step_span(watch):
-                            results[i] = await self._advance(watch, listed)
+                            results[i] = await self._advance(watch, listed, due_again)
                     except Exception as exc:
                         results[i] = exc
 
@@ -630,14 +279,16 @@ class WatchHandler:
                     self._snapshot.forget(watch.cluster_id)
         return outcomes
 
-    async def _advance(self, watch: WatchState, listed: Listed | None) -> WatchOutcome:
+    async def _advance(
+        self, watch: WatchState, listed: Listed | None, due: float | None
+    ) -> WatchOutcome:
         with structlog.contextvars.bound_contextvars(
             request_id=watch.request_id,
             cluster_id=watch.cluster_id,
             correlation_id=watch.correlation_id,
         ):
             if watch.phase == "finishing":
-                return await self._finish(watch, None)
+                return await self._finish(watch, None, due)
             try:
                 seen = await self._look(watch, listed)
             except NotFound:
@@ -647,12 +298,12 @@ class WatchHandler:
             except Unauthorized:
                 # The service's token, not this cluster: keep the watch, stop the commands.
                 await self._on_unauthorized()
-                return await self._again(watch)
+                return await self._again(watch, due)
             except TRANSIENT as exc:
                 log.info("watch_look_failed", error=str(exc))
-                return await self._again(watch)
+                return await self._again(watch, due)
             if seen is None:  # not visible yet: a fresh cluster can 404 briefly
-                return await self._again(watch)
+                return await self._again(watch, due)
             looked_status, cluster = seen
             status = looked_status or watch.status or "creating"
             announcing: asyncio.Task[None] | None = None
@@ -668,7 +319,7 @@ class WatchHandler:
                 else:
                     await changed
             if status == "online":
-                return await self._finish(watch, cluster, after=announcing)
+                return await self._finish(watch, cluster, due, after=announcing)
             if self._wall() >= watch.deadline:
                 waited = self._wall() - watch.accepted_at
                 return await self._fail(
@@ -677,7 +328,7 @@ class WatchHandler:
                     f"the cluster was still {status!r} after {waited:.0f} s; it is left as it is",
                     step="watch",
                 )
-            return await self._again(watch)
+            return await self._again(watch, due)
 
     async def _look(self, watch: WatchState, listed: Listed | None) -> Seen | None:
         """The cluster's status and, when at hand, the cluster itself; None while a fresh
@@ -699,6 +350,7 @@ class WatchHandler:
         self,
         watch: WatchState,
         cluster: DatabaseCluster | None,
+        due: float | None,
         *,
         after: asyncio.Task[None] | None = None,
     ) -> WatchOutcome:
@@ -723,7 +375,8 @@ class WatchHandler:
                     phase="finishing",
                     missing_since=details.since,
                     kept=self._seal.seal(details.kept) or watch.kept,
-                )
+                ),
+                due,
             )
         if isinstance(details, _NoCredentials):
             return await self._fail(
@@ -743,9 +396,9 @@ class WatchHandler:
                 )
             if isinstance(exc, Unauthorized):
                 await self._on_unauthorized()
-                return await self._again(msgspec.structs.replace(watch, phase="finishing"))
+                return await self._again(msgspec.structs.replace(watch, phase="finishing"), due)
             if _settling(exc):
-                return await self._finish_later(watch, step, exc)
+                return await self._finish_later(watch, step, exc, due)
             return await self._fail(
                 watch,
                 "finishing",
@@ -874,7 +527,9 @@ class WatchHandler:
 
         return reset
 
-    async def _finish_later(self, watch: WatchState, step: str, exc: ApiError) -> WatchOutcome:
+    async def _finish_later(
+        self, watch: WatchState, step: str, exc: ApiError, due: float | None
+    ) -> WatchOutcome:
         attempts = watch.finish_attempts + 1
         if attempts >= self._finish_max_attempts:
             return await self._fail(
@@ -886,11 +541,11 @@ class WatchHandler:
             )
         log.info("finish_retry_scheduled", step=step, attempt=attempts, error=str(exc))
         return await self._again(
-            msgspec.structs.replace(watch, phase="finishing", finish_attempts=attempts)
+            msgspec.structs.replace(watch, phase="finishing", finish_attempts=attempts), due
         )
 
-    async def _again(self, watch: WatchState) -> WatchOutcome:
-        await self._work.schedule_watch(watch)
+    async def _again(self, watch: WatchState, due: float | None) -> WatchOutcome:
+        await self._work.schedule_watch(watch, due=due)
         return WatchOutcome("waiting")
 
     async def _fail(

@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from service.provisioning.messages import decode_watch
-from service.provisioning.watch import DUE_HEADER
+from service.provisioning.messages import DUE_HEADER, decode_watch
 from service.simulator import Simulator, SimulatorConfig
 from tests.integration.service_harness import (
     command,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.digitalocean import DatabaseCluster
-from service.digitalocean.client import ClusterScan, _ClusterListReader
+from service.digitalocean.list_reader import ClusterListReader
+from service.digitalocean.scan import ClusterScan
 
 
 def cluster(i: int, status: str = "creating", **extra: Any) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def cluster(i: int, status: str = "creating", **extra: Any) -> dict[str, Any]:
 
 
 def read(body: bytes, chunks: list[int], **kwargs: Any) -> ClusterScan:
-    reader = _ClusterListReader(
+    reader = ClusterListReader(
         kwargs.get("tag_prefix", "provisioner:req:"), kwargs.get("full", lambda i, s: False)
     )
     position = 0
@@ -119,7 +120,7 @@ def test_a_body_that_is_not_a_cluster_list_is_refused(body: bytes) -> None:
 
 
 def test_memory_holds_a_chunk_not_the_body() -> None:
-    reader = _ClusterListReader(None, lambda i, s: False)
+    reader = ClusterListReader(None, lambda i, s: False)
     body = json.dumps({"databases": [cluster(i) for i in range(2000)]}).encode()
     largest = 0
     for start in range(0, len(body), 4096):

@@ -8,114 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
 
-from contracts.digitalocean import (
-    CaCertificate,
-    DatabaseCluster,
-    DatabaseClusterCreate,
-    DatabaseName,
-    DatabaseOptions,
-    DatabaseUser,
-    DatabaseUserCreate,
-)
-from service.digitalocean import ServerError
-from service.digitalocean.client import ClusterScan
-from service.provisioning.watch import ClusterSnapshot
+from contracts.digitalocean import DatabaseCluster
+from service.digitalocean.errors import ServerError
+from service.provisioning.snapshot import ClusterSnapshot
+from tests.fixtures.fakes import TAG, ListingApi, ScanningApi, cluster
 
 MAX_AGE_S = 0.1
-TAG = "provisioner"
-
-
-def cluster(i: int, status: str = "creating") -> DatabaseCluster:
-    return DatabaseCluster(
-        id=f"id-{i}",
-        name=f"c-{i}",
-        engine="pg",
-        num_nodes=1,
-        size="db-s-1vcpu-2gb",
-        region="nyc3",
-        status=status,
-        tags=[TAG, f"{TAG}:req:{i}", f"{TAG}:spec:{i}"],
-    )
-
-
-class ListingApi:
-    """Lists ``clusters``; counts calls; fails the next call when ``fail`` is set."""
-
-    def __init__(self, clusters: list[DatabaseCluster], delay_s: float = 0.01) -> None:
-        self.clusters = clusters
-        self.delay_s = delay_s
-        self.list_calls = 0
-        self.get_calls = 0
-        self.fail = False
-
-    async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
-        self.list_calls += 1
-        await asyncio.sleep(self.delay_s)
-        if self.fail:
-            self.fail = False
-            raise ServerError(operation="list_clusters", status=503, message="down")
-        return [c for c in self.clusters if tag_name in (c.tags or [])]
-
-    async def get_cluster(self, cluster_id: str) -> DatabaseCluster:
-        self.get_calls += 1
-        return next(c for c in self.clusters if c.id == cluster_id)
-
-    async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster:
-        raise NotImplementedError
-
-    async def get_options(self) -> DatabaseOptions:
-        raise NotImplementedError
-
-    async def get_ca(self, cluster_id: str) -> CaCertificate:
-        raise NotImplementedError
-
-    async def add_user(self, cluster_id: str, user: DatabaseUserCreate) -> DatabaseUser:
-        raise NotImplementedError
-
-    async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
-        raise NotImplementedError
-
-    async def reset_auth(self, cluster_id: str, user_name: str) -> DatabaseUser:
-        raise NotImplementedError
-
-
-class ScanningApi(ListingApi):
-    """Also scans lean, as ``DigitalOceanClient.scan_clusters`` does."""
-
-    def __init__(self, clusters: list[DatabaseCluster]) -> None:
-        super().__init__(clusters)
-        self.scans = 0
-
-    async def scan_clusters(
-        self,
-        tag_name: str | None = None,
-        *,
-        tag_prefix: str | None = None,
-        full: Callable[[str, str | None], bool] | None = None,
-        count_prefix: str | None = None,
-    ) -> ClusterScan:
-        self.scans += 1
-        listed = await self.list_clusters(tag_name)
-        creating: dict[str, int] = {}
-        for c in listed:
-            for t in c.tags or ():
-                if c.status == "creating" and count_prefix and t.startswith(count_prefix):
-                    creating[t] = creating.get(t, 0) + 1
-        return ClusterScan(
-            statuses={c.id: c.status for c in listed},
-            tagged={
-                hash(t): c.id
-                for c in listed
-                for t in c.tags or ()
-                if tag_prefix and t.startswith(tag_prefix)
-            },
-            full={c.id: c for c in listed if full is not None and full(c.id, c.status)},
-            creating=creating,
-        )
 
 
 async def test_batches_arriving_together_share_one_fresh_list() -> None:
@@ -146,11 +47,11 @@ async def test_a_later_batch_waits_for_a_list_started_after_it_arrived() -> None
 async def test_prechecks_take_any_list_younger_than_max_age() -> None:
     api = ListingApi([cluster(1)])
     snapshot = ClusterSnapshot(api, TAG, MAX_AGE_S)
-    assert set(await snapshot.clusters()) == {"id-1"}
-    assert set(await snapshot.clusters()) == {"id-1"}
+    assert await snapshot.created_by(f"{TAG}:req:1") is not None
+    assert await snapshot.creating_with(f"{TAG}:owner:x") == 0
     assert api.list_calls == 1
     await asyncio.sleep(MAX_AGE_S * 1.5)
-    await snapshot.clusters()
+    await snapshot.created_by(f"{TAG}:req:1")
     assert api.list_calls == 2
 
 
@@ -215,7 +116,7 @@ async def test_fresh_lists_start_one_per_max_age_after_a_burst(max_age_s: float)
 
 async def test_past_a_full_wave_of_waiting_watches_a_batch_takes_the_latest_list() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.5, fresh_s=0.0, burst=1.0, wave=10)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.5, fresh_s=0.0, burst=1.0, max_waiting=10)
     first, _ = await snapshot.fresh()
     waiting = asyncio.create_task(snapshot.fresh(8))  # fits the wave: waits for a new list
     await asyncio.sleep(0.05)
@@ -253,7 +154,7 @@ async def test_a_due_time_in_the_future_asks_for_no_more_than_a_new_list() -> No
 async def test_a_first_look_joins_the_next_list_of_the_wave_due_soonest() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
     period = 0.3
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, poll_interval_s=period)
     _, looked = await snapshot.fresh()  # a wave's list
     await asyncio.sleep(0.1)
     joining = asyncio.create_task(snapshot.fresh())  # a new cluster's first look
@@ -271,7 +172,7 @@ async def test_a_first_look_joins_the_next_list_of_the_wave_due_soonest() -> Non
 async def test_a_first_look_whose_wave_does_not_come_lists_on_its_own() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
     period = 0.2
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, poll_interval_s=period)
     _, looked = await snapshot.fresh()  # a wave whose clusters all finish: it never returns
     listing, started = await asyncio.wait_for(snapshot.fresh(), timeout=1.0)
     assert api.list_calls == 2
@@ -281,7 +182,9 @@ async def test_a_first_look_whose_wave_does_not_come_lists_on_its_own() -> None:
 
 async def test_first_looks_past_the_join_limit_list_on_their_own_at_once() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, period_s=10.0, join=3)
+    snapshot = ClusterSnapshot(
+        api, TAG, max_age_s=0.0, fresh_s=0.0, poll_interval_s=10.0, max_new_waiting=3
+    )
     await snapshot.fresh(due=time.time())  # a wave's list
     joining = asyncio.create_task(snapshot.fresh(2))  # joins the wave, ten seconds away
     await asyncio.sleep(0.05)
@@ -307,7 +210,7 @@ async def test_with_no_wave_in_sight_a_first_look_lists_on_the_clocks_multiple()
     # start apart coincide.
     api = ListingApi([cluster(1)], delay_s=0.0)
     period = 0.2
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, period_s=period)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.05, fresh_s=0.0, poll_interval_s=period)
     asked = time.time()
     _, started = await asyncio.wait_for(snapshot.fresh(), timeout=1.0)
     assert asked <= started <= asked + period + 0.05
@@ -319,12 +222,12 @@ async def test_with_no_wave_in_sight_a_first_look_lists_on_the_clocks_multiple()
 async def test_the_waves_remembered_are_those_of_the_last_interval() -> None:
     api = ListingApi([cluster(1)], delay_s=0.0)
     period = 0.05
-    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, period_s=period)
+    snapshot = ClusterSnapshot(api, TAG, max_age_s=0.0, fresh_s=0.0, poll_interval_s=period)
     for _ in range(40):  # watches that only come back, a list each time
         await snapshot.fresh(due=time.time())
         await asyncio.sleep(0.01)
     assert api.list_calls >= 5
-    assert len(snapshot._wave_starts) <= 3  # not one per list ever made
+    assert len(snapshot._served_starts) <= 3  # not one per list ever made
 
 
 def owned(i: int, owner: str, status: str) -> DatabaseCluster:

@@ -9,7 +9,7 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.digitalocean.client import TagIndex
+from service.digitalocean.tag_index import TagIndex
 
 # Keys that collide in a small table (equal low bits), negative ones and the extremes.
 KEYS = st.one_of(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -24,14 +25,14 @@ from contracts.digitalocean import (
     DatabaseUser,
     DatabaseUserCreate,
 )
-from contracts.errors import FieldError
-from contracts.events import ConnectionReady, Event, Failed, event_id
-from service.digitalocean import NotFound, Unprocessable
+from contracts.events import ConnectionReady, Failed, event_id
+from service.digitalocean.errors import NotFound, Unprocessable
+from service.digitalocean.scan import ClusterScan
 from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.messages import WatchState
-from service.provisioning.ports import Delivery
 from service.provisioning.watch import WatchHandler
+from tests.fixtures.fakes import Recorded, unauthorized_never
 
 CLUSTER_ID = "c-1"
 TOKEN = "token-for-tests"
@@ -110,36 +111,18 @@ class HidingApi:
     async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
         raise NotImplementedError
 
+    async def scan_clusters(
+        self,
+        tag_name: str | None = None,
+        *,
+        tag_prefix: str | None = None,
+        full: Callable[[str, str | None], bool] | None = None,
+        count_prefix: str | None = None,
+    ) -> ClusterScan:
+        raise NotImplementedError
+
     async def get_options(self) -> DatabaseOptions:
         raise NotImplementedError
-
-
-class Recorded:
-    """Events published and watches sent back."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.scheduled: list[WatchState] = []
-
-    async def publish(
-        self, event: Event, *, reply_to: str | None = None, correlation_id: str | None = None
-    ) -> None:
-        self.events.append(event)
-
-    async def schedule_watch(self, watch: WatchState) -> None:
-        self.scheduled.append(watch)
-
-    async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
-        raise NotImplementedError
-
-    async def park(
-        self, delivery: Delivery, errors: list[FieldError], producer: str | None
-    ) -> None:
-        raise NotImplementedError
-
-
-async def unauthorized() -> None:
-    raise AssertionError("the token is fine")
 
 
 class Clock:
@@ -161,9 +144,10 @@ def handler(
         work=recorded,
         factory=EventFactory("/test"),
         snapshot=None,
+        poll_interval_s=10.0,
         not_found_grace_s=0.0,
         finish_max_attempts=3,
-        on_unauthorized=unauthorized,
+        on_unauthorized=unauthorized_never,
         reset_grace_s=reset_grace_s,
         wall=wall or Clock(),
         seal=CredentialSeal(TOKEN),

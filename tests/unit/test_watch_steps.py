@@ -10,41 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from contracts.errors import FieldError
 from contracts.events import Event
 from service.provisioning.events import EventFactory
 from service.provisioning.messages import WatchState
-from service.provisioning.ports import Delivery
 from service.provisioning.watch import WatchHandler
-from tests.unit.test_cluster_snapshot import ListingApi, cluster
-
-
-class HeldQueues:
-    """Holds each ``schedule_watch`` until ``release``; counts how many wait at once."""
-
-    def __init__(self) -> None:
-        self.waiting = 0
-        self.most = 0
-        self.scheduled: list[str] = []
-        self.released = asyncio.Event()
-        self.changed = asyncio.Condition()
-
-    async def schedule_watch(self, watch: WatchState) -> None:
-        async with self.changed:
-            self.waiting += 1
-            self.most = max(self.most, self.waiting)
-            self.changed.notify_all()
-        await self.released.wait()
-        self.waiting -= 1
-        self.scheduled.append(watch.cluster_id)
-
-    async def retry_command(self, delivery: Delivery, attempt: int, producer: str) -> None:
-        raise NotImplementedError
-
-    async def park(
-        self, delivery: Delivery, errors: list[FieldError], producer: str | None
-    ) -> None:
-        raise NotImplementedError
+from tests.fixtures.fakes import HeldQueues, ListingApi, cluster, unauthorized_never
 
 
 class NoEvents:
@@ -67,10 +37,6 @@ def watch(i: int) -> WatchState:
     )
 
 
-async def unauthorized() -> None:
-    raise AssertionError("the token is fine")
-
-
 async def test_steps_in_progress_are_bounded_across_batches() -> None:
     api = ListingApi([cluster(i) for i in range(10)])
     queues = HeldQueues()
@@ -80,9 +46,10 @@ async def test_steps_in_progress_are_bounded_across_batches() -> None:
         work=queues,
         factory=EventFactory("test"),
         snapshot=None,
+        poll_interval_s=10.0,
         not_found_grace_s=0.0,
         finish_max_attempts=3,
-        on_unauthorized=unauthorized,
+        on_unauthorized=unauthorized_never,
         steps_at_once=3,
     )
     batches = [
@@ -98,5 +65,5 @@ async def test_steps_in_progress_are_bounded_across_batches() -> None:
     outcomes = await asyncio.gather(*batches)
     assert queues.most == 3
     assert [[o.outcome for o in batch] for batch in outcomes] == [["waiting"] * 5] * 2
-    assert sorted(queues.scheduled) == sorted(f"id-{i}" for i in range(10))
+    assert sorted(w.cluster_id for w in queues.scheduled) == sorted(f"id-{i}" for i in range(10))
     assert api.get_calls == 10
