@@ -28,6 +28,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.provisioning.outcomes import CommandResult, WatchResult
+from service.provisioning.ports import ParkReason
+
 __all__ = [
     "API_CALL_BUCKETS",
     "CONTENT_TYPE",
@@ -35,12 +38,9 @@ __all__ = [
     "OVERFLOW_LABEL",
     "TIME_TO_ONLINE_BUCKETS",
     "Bounded",
-    "CommandOutcome",
     "Consumer",
     "DeadLetterReason",
-    "ParkReason",
     "ProvisionerMetrics",
-    "WatchStep",
 ]
 
 # The ``_created`` series double every counter and histogram and no alert or dashboard reads
@@ -71,24 +71,18 @@ TIME_TO_ONLINE_BUCKETS: Final = (
     3600.0,
 )
 
-CommandOutcome = Literal["accepted", "adopted", "rejected", "failed", "retried", "requeued"]
-"""What became of a command: the label values of ``provisioner_commands_total``."""
 Consumer = Literal["commands", "watches"]
 """The label values of ``consumer``."""
-ParkReason = Literal["invalid", "too_large", "unreadable_properties", "parking_full"]
-"""The label values of ``provisioner_messages_parked_total``."""
 DeadLetterReason = Literal["rejected", "delivery_limit"]
 """The label values of ``reason`` in ``provisioner_messages_dead_lettered_total``."""
-WatchStep = Literal["waiting", "ready", "failed", "requeue"]
-"""What one watch step ended in: the label values of ``provisioner_watch_steps_total``."""
 FailureReason = Literal["timeout", "api_error", "retries_exhausted", "finishing"]
 """Why a request failed: the label values of ``provisioner_requests_failed_total`` (as the
 ``failed`` event's ``data.reason``)."""
 
-_COMMAND_OUTCOMES: Final[tuple[str, ...]] = get_args(CommandOutcome)
+_COMMAND_OUTCOMES: Final[tuple[str, ...]] = get_args(CommandResult)
 _CONSUMERS: Final[tuple[str, ...]] = get_args(Consumer)
 _PARK_REASONS: Final[tuple[str, ...]] = get_args(ParkReason)
-_WATCH_STEPS: Final[tuple[str, ...]] = get_args(WatchStep)
+_WATCH_STEPS: Final[tuple[str, ...]] = get_args(WatchResult)
 _FAILURE_REASONS: Final[tuple[str, ...]] = get_args(FailureReason)
 
 _M = TypeVar("_M", Counter, Gauge, Histogram)
@@ -294,13 +288,13 @@ class ProvisionerMetrics:
         """How many messages ``queue`` held when last asked."""
         self.queue_messages.labels(queue).set(messages)
 
-    def count_command(self, outcome: CommandOutcome) -> None:
+    def count_command(self, outcome: CommandResult) -> None:
         """One command ended as ``outcome``."""
         if outcome not in _COMMAND_OUTCOMES:
             raise ValueError(f"unknown command outcome {outcome!r}")
         self.commands.labels(outcome).inc()
 
-    def count_watch_step(self, outcome: WatchStep) -> None:
+    def count_watch_step(self, outcome: WatchResult) -> None:
         """One watch step ended as ``outcome``."""
         if outcome not in _WATCH_STEPS:
             raise ValueError(f"unknown watch step outcome {outcome!r}")

@@ -55,6 +55,7 @@ from service.provisioning.messages import (
     request_id_in_prefix,
 )
 from service.provisioning.options import OfferCheck
+from service.provisioning.outcomes import CommandOutcome, CommandResult
 from service.provisioning.policy import Policy
 from service.provisioning.ports import (
     ClusterApi,
@@ -71,20 +72,12 @@ __all__ = ["CommandHandler", "CommandOutcome", "owner_tag", "request_tag", "spec
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["accepted", "adopted", "rejected", "failed", "retried", "requeued"]
 TRANSIENT: Final = (RateLimited, ServerError, TransportError, AmbiguousCreate)
 PRECHECK_TIMEOUT_S: Final = 5.0
 RECENT_CLUSTERS: Final = 10_000
 JSON_TYPES: Final = frozenset({COMMAND_CONTENT_TYPE, "text/json"})
 # What an oversized command's parked record keeps of its body, for a person to recognise it.
 OVERSIZED_HEAD_BYTES: Final = 1024
-
-
-class CommandOutcome(Struct, frozen=True):
-    """What became of a command, and what to do with its delivery."""
-
-    outcome: Outcome
-    disposition: Literal["ack", "requeue", "reject"]
 
 
 def _attempt(delivery: Delivery) -> int:
@@ -393,7 +386,7 @@ class CommandHandler:
             # A cluster this request already created (a redelivery, a producer's retry):
             # a recent list answers it without a doomed POST.
             cluster = await self._created_by(mine)
-            outcome: Outcome = "adopted"
+            outcome: CommandResult = "adopted"
             if cluster is None:
                 # With a limit on clusters in flight: one create of the producer at a time in
                 # this replica, so that each one counts those before it.

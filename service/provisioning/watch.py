@@ -13,7 +13,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 import structlog
@@ -40,6 +40,7 @@ from service.provisioning.credentials import CredentialSeal, missing_passwords, 
 from service.provisioning.events import EventFactory, api_error_detail
 from service.provisioning.locks import KeyedLock
 from service.provisioning.messages import WatchState
+from service.provisioning.outcomes import WatchOutcome
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
 from service.provisioning.snapshot import ClusterSnapshot
 from service.tracing import watch_step_span
@@ -50,7 +51,6 @@ log = structlog.get_logger(__name__)
 
 TRANSIENT: Final = (RateLimited, ServerError, TransportError)
 
-Outcome = Literal["waiting", "ready", "failed", "requeue"]
 Seen = tuple[str | None, DatabaseCluster | None]  # a cluster's status, and itself if at hand
 Listed = dict[str, Seen]  # what a list showed of a batch's clusters, by id
 # Watch steps in progress at once in one process, whatever the batches (publishes pipeline
@@ -74,13 +74,6 @@ def due_after(looked_at: float, poll_interval_s: float) -> float:
     one poll interval after the list, not after the watch's own step, so that the watches one
     list served come back due together and share the next list."""
     return looked_at + poll_interval_s
-
-
-class WatchOutcome(Struct, frozen=True):
-    """What became of one watch in a tick."""
-
-    outcome: Outcome
-    time_to_online_s: float | None = None
 
 
 class _StepFailed(Exception):
