@@ -60,6 +60,7 @@ prometheus:
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(INSTALLED)
