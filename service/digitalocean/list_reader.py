@@ -11,7 +11,6 @@ import msgspec
 
 from contracts.digitalocean import DatabaseCluster
 from service.digitalocean.scan import ClusterScan, ClusterSummary
-from service.digitalocean.tag_index import TagIndex
 
 __all__ = ["ClusterListReader"]
 
@@ -54,7 +53,7 @@ class ClusterListReader:
         self._buffer = bytearray()
         self._state = "head"  # then "items" (the expected shape) or "whole" (anything else)
         self.statuses: dict[str, str | None] = {}
-        self.tagged = TagIndex()
+        self.tagged: dict[int, str] = {}
         self.full: dict[str, DatabaseCluster] = {}
         self.creating: dict[str, int] = {}
         self.error: msgspec.DecodeError | None = None
@@ -120,7 +119,7 @@ class ClusterListReader:
             if prefix is not None:
                 for tag in summary.tags or ():
                     if tag.startswith(prefix):
-                        self.tagged.add(hash(tag), cluster_id)
+                        self.tagged[hash(tag)] = cluster_id
             if status == "creating" and self._count_prefix is not None:
                 for tag in summary.tags or ():
                     if tag.startswith(self._count_prefix):

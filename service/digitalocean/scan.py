@@ -26,8 +26,7 @@ class ClusterScan(msgspec.Struct, frozen=True):
     """Every listed cluster: id -> status."""
     tagged: Mapping[int, str]
     """``hash(tag)`` -> cluster id, for the tags that start with the scan's ``tag_prefix``
-    (see ``tagged_with``): a number per cluster instead of its tag, the largest part of the
-    index otherwise; a ``TagIndex`` when read by ``scan_clusters``."""
+    (see ``tagged_with``): a number per cluster instead of its 50-character tag."""
     full: dict[str, DatabaseCluster]
     """The clusters the scan was asked to read in full, by id."""
     creating: dict[str, int] = {}
