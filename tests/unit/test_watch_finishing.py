@@ -11,38 +11,34 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
 
 import msgspec
 
 from contracts.digitalocean import (
-    CaCertificate,
     DatabaseCluster,
-    DatabaseClusterCreate,
     DatabaseConnection,
     DatabaseName,
-    DatabaseOptions,
     DatabaseUser,
     DatabaseUserCreate,
 )
 from contracts.events import ConnectionReady, Failed, event_id
 from service.digitalocean.errors import NotFound, Unprocessable
-from service.digitalocean.scan import ClusterScan
 from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.messages import WatchState
 from service.provisioning.watch import WatchHandler
-from tests.fixtures.fakes import Recorded, unauthorized_never
+from tests.fixtures.fakes import ListingApi, Recorded, unauthorized_never
 
 CLUSTER_ID = "c-1"
 TOKEN = "token-for-tests"
 _counter = itertools.count(1)
 
 
-class HidingApi:
+class HidingApi(ListingApi):
     """One online cluster whose GET shows no password; POST answers do."""
 
     def __init__(self, *, empty: bool = False, settling_errors: int = 0) -> None:
+        super().__init__([])
         self.passwords: dict[str, str] = {"doadmin": self._new()}
         self.empty = empty  # a token that may not see credentials
         self.settling_errors = settling_errors
@@ -101,28 +97,6 @@ class HidingApi:
 
     async def add_database(self, cluster_id: str, name: str) -> DatabaseName:
         return DatabaseName(name=name)
-
-    async def get_ca(self, cluster_id: str) -> CaCertificate:
-        return CaCertificate(certificate="Q0E=")
-
-    async def create_cluster(self, body: DatabaseClusterCreate) -> DatabaseCluster:
-        raise NotImplementedError
-
-    async def list_clusters(self, tag_name: str | None = None) -> list[DatabaseCluster]:
-        raise NotImplementedError
-
-    async def scan_clusters(
-        self,
-        tag_name: str | None = None,
-        *,
-        tag_prefix: str | None = None,
-        full: Callable[[str, str | None], bool] | None = None,
-        count_prefix: str | None = None,
-    ) -> ClusterScan:
-        raise NotImplementedError
-
-    async def get_options(self) -> DatabaseOptions:
-        raise NotImplementedError
 
 
 class Clock:

@@ -6,14 +6,15 @@ sent back with is exact: one poll interval after the start of the list it looked
 
 from __future__ import annotations
 
-from contracts.digitalocean import DatabaseCluster
+import pytest
+
 from contracts.events import Failed, StatusChanged
-from service.digitalocean.errors import ServerError, Unauthorized
+from service.digitalocean.errors import ApiError, ServerError, Unauthorized
 from service.provisioning.events import EventFactory
 from service.provisioning.messages import WatchState
 from service.provisioning.snapshot import ClusterSnapshot
 from service.provisioning.watch import WatchHandler
-from tests.fixtures.fakes import TAG, ListingApi, Recorded, cluster
+from tests.fixtures.fakes import TAG, ListingApi, Recorded, cluster, creating_watch
 
 NOW = 1_000_000.0  # the wall clock, fixed
 MONOTONIC = 500.0  # the monotonic clock, fixed
@@ -49,17 +50,7 @@ class Watching:
 
 
 def watch(i: int, *, deadline: float = NOW + 3600, accepted_at: float = NOW - 600) -> WatchState:
-    return WatchState(
-        request_id=f"r-{i}",
-        cluster_id=f"id-{i}",
-        name=f"c-{i}",
-        engine="pg",
-        region="nyc3",
-        status="creating",
-        deadline=deadline,
-        accepted_at=accepted_at,
-        producer="team",
-    )
+    return creating_watch(i, deadline=deadline, accepted_at=accepted_at)
 
 
 async def test_watches_of_clusters_still_creating_go_back_due_one_interval_after_the_list() -> None:
@@ -131,26 +122,19 @@ async def test_a_cluster_gone_from_the_account_fails_the_watch() -> None:
     assert isinstance(event, Failed) and event.data.reason == "api_error"
 
 
-async def test_a_401_keeps_the_watch_and_reports_the_token() -> None:
-    watching = Watching(ListingApi([], delay_s=0.0), snapshot=False)
-
-    async def refused(cluster_id: str) -> DatabaseCluster:
-        raise Unauthorized(operation="get_cluster", status=401, message="bad token")
-
-    watching.api.get_cluster = refused  # type: ignore[method-assign]
+@pytest.mark.parametrize(
+    ("error", "reported"),
+    [
+        (Unauthorized(operation="get_cluster", status=401, message="bad token"), 1),
+        (ServerError(operation="get_cluster", status=503, message="busy"), 0),
+    ],
+    ids=["401", "503"],
+)
+async def test_a_401_or_a_transient_error_keeps_the_watch(error: ApiError, reported: int) -> None:
+    watching = Watching(ListingApi([cluster(1)], delay_s=0.0), snapshot=False)
+    watching.api.get_errors = [error]
     (outcome,) = await watching.handler.handle_batch([watch(1)])
     assert outcome.outcome == "waiting"
-    assert watching.unauthorized == 1
+    assert watching.unauthorized == reported  # a 401 is the token's, reported once
     assert len(watching.recorded.scheduled) == 1
-
-
-async def test_a_transient_error_looking_at_one_cluster_keeps_the_watch() -> None:
-    watching = Watching(ListingApi([], delay_s=0.0), snapshot=False)
-
-    async def busy(cluster_id: str) -> DatabaseCluster:
-        raise ServerError(operation="get_cluster", status=503, message="busy")
-
-    watching.api.get_cluster = busy  # type: ignore[method-assign]
-    (outcome,) = await watching.handler.handle_batch([watch(1)])
-    assert outcome.outcome == "waiting"
     assert watching.recorded.events == []

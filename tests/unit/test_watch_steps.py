@@ -14,7 +14,13 @@ from contracts.events import Event
 from service.provisioning.events import EventFactory
 from service.provisioning.messages import WatchState
 from service.provisioning.watch import WatchHandler
-from tests.fixtures.fakes import HeldQueues, ListingApi, cluster, unauthorized_never
+from tests.fixtures.fakes import (
+    HeldQueues,
+    ListingApi,
+    cluster,
+    creating_watch,
+    unauthorized_never,
+)
 
 
 class NoEvents:
@@ -25,16 +31,7 @@ class NoEvents:
 
 
 def watch(i: int) -> WatchState:
-    return WatchState(
-        request_id=f"r-{i}",
-        cluster_id=f"id-{i}",
-        name=f"c-{i}",
-        engine="pg",
-        region="nyc3",
-        status="creating",
-        deadline=time.time() + 3600,
-        accepted_at=time.time() - 3600,
-    )
+    return creating_watch(i, deadline=time.time() + 3600, accepted_at=time.time() - 3600)
 
 
 async def test_steps_in_progress_are_bounded_across_batches() -> None:
