@@ -3,7 +3,19 @@
 Every error carries the HTTP ``status`` (``None`` when no response came back), DigitalOcean's
 ``id``, ``message`` and ``request_id``, and the client ``operation`` that failed. The service
 decides on the type: retry later (``RateLimited``, ``ServerError``, ``TransportError``), look
-the cluster up (``AmbiguousCreate``), or fail the request (the other ``ClientError``s).
+the cluster up (``AmbiguousCreate``), or fail the request (the other ``ClientError``s)::
+
+    ApiError
+    ├── ClientError            a 4xx other than 429: fail the request
+    │   ├── Unauthorized       401: the service's token, not the request
+    │   ├── Forbidden          403
+    │   ├── NotFound           404
+    │   └── Unprocessable      422
+    ├── RateLimited            429, or no slot in the process's own budget: retry later
+    ├── ServerError            5xx: retry later
+    ├── TransportError         no answer: retry later (``maybe_sent`` says if it left)
+    ├── AmbiguousCreate        a create that may have happened: look the cluster up
+    └── ResponseDecodeError    an answer that does not decode
 
 Nothing here ever holds the API token or a body: the message is DigitalOcean's own text (which
 carries no secrets) or a description written by the client.
