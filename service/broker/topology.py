@@ -17,6 +17,17 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from msgspec import Struct
 
+from contracts.names import (
+    COMMAND_EXCHANGE,
+    COMMAND_ROUTING_KEY,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EVENT_EXCHANGE,
+    REJECTED_QUEUE,
+    REQUEST_QUEUE,
+    WATCH_QUEUE,
+)
+
 __all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "declare_queue", "message_count"]
 
 log = structlog.get_logger(__name__)
@@ -54,14 +65,14 @@ class DeclaredQueue(Struct, frozen=True):
 class Topology(Struct, frozen=True, kw_only=True):
     """Names and delays. The defaults are the names other teams code against."""
 
-    commands_exchange: str = "provisioner.commands"
-    command_routing_key: str = "database.cluster.create"
-    requests_queue: str = "provisioner.requests"
-    events_exchange: str = "provisioner.events"
-    rejected_queue: str = "provisioner.rejected"
-    dead_letter_exchange: str = "provisioner.dead-letter"
-    dead_letter_queue: str = "provisioner.dead-letter"
-    watch_queue: str = "provisioner.watch"
+    commands_exchange: str = COMMAND_EXCHANGE
+    command_routing_key: str = COMMAND_ROUTING_KEY
+    requests_queue: str = REQUEST_QUEUE
+    events_exchange: str = EVENT_EXCHANGE
+    rejected_queue: str = REJECTED_QUEUE
+    dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
+    dead_letter_queue: str = DEAD_LETTER_QUEUE
+    watch_queue: str = WATCH_QUEUE
     watch_delay_s: float = 10.0
     retry_delays_s: tuple[float, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
     delivery_limit: int = DELIVERY_LIMIT
