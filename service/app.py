@@ -60,7 +60,7 @@ QUEUE_POLL_INTERVAL_S: Final = 15.0
 def topology_for(settings: Settings) -> Topology:
     """The topology with this deployment's poll interval and retry delays."""
     return Topology(
-        watch_delay_s=settings.poll_interval_s,
+        poll_interval_s=settings.poll_interval_s,
         retry_delays_s=settings.retry_delays_s,
         quorum_group_size=settings.quorum_group_size,
     )

@@ -210,7 +210,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
         shutdown_grace_s=5.0,
     )
     topology = Topology.prefixed(
-        PREFIX, watch_delay_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s
+        PREFIX, poll_interval_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s
     )
     service = Service(settings, topology=topology)
     await service.start(connect_attempts=10)

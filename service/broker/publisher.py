@@ -168,7 +168,7 @@ class RabbitPublisher:
         looked_at = LOOKED_AT.get()
         headers: dict[str, Any] = {}
         if looked_at is not None:
-            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.watch_delay_s)
+            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.poll_interval_s)
         if watch.traceparent is None:
             # The first watch of a request: it carries the command's trace from now on.
             trace_headers = current_trace_headers()

@@ -73,7 +73,8 @@ class Topology(Struct, frozen=True, kw_only=True):
     dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
     dead_letter_queue: str = DEAD_LETTER_QUEUE
     watch_queue: str = WATCH_QUEUE
-    watch_delay_s: float = 10.0
+    poll_interval_s: float = 10.0
+    """How long a watch waits in its delay queue between two looks (the setting's value)."""
     retry_delays_s: tuple[float, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
     delivery_limit: int = DELIVERY_LIMIT
     parking_max_messages: int = PARKING_MAX_MESSAGES
@@ -101,7 +102,7 @@ class Topology(Struct, frozen=True, kw_only=True):
 
     def watch_delay_queue(self) -> str:
         """Where a watch waits one poll interval before it returns to the watch queue."""
-        return f"{self.watch_queue}.delay.{_ms(self.watch_delay_s)}ms"
+        return f"{self.watch_queue}.delay.{_ms(self.poll_interval_s)}ms"
 
     def retry_queue(self, attempt: int) -> str:
         """The delay queue for the retry that follows failed attempt ``attempt`` (1-based)."""
@@ -154,8 +155,8 @@ class Topology(Struct, frozen=True, kw_only=True):
             ),
             DeclaredQueue(
                 self.watch_delay_queue(),
-                _delay(quorum, self.watch_delay_s, self.watch_queue),
-                f"watch delay ({self.watch_delay_s:g} s)",
+                _delay(quorum, self.poll_interval_s, self.watch_queue),
+                f"watch delay ({self.poll_interval_s:g} s)",
             ),
         ]
         for delay in dict.fromkeys(self.retry_delays_s):

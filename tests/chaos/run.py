@@ -293,7 +293,7 @@ class ChaosRun:
         self.replicas: list[Replica] = []
         self.replica_count = replicas
         self.events = EventLog(workdir / "events.jsonl")
-        self.topology = Topology(watch_delay_s=POLL_INTERVAL_S, retry_delays_s=RETRY_DELAYS_S)
+        self.topology = Topology(poll_interval_s=POLL_INTERVAL_S, retry_delays_s=RETRY_DELAYS_S)
         self._subscriber: asyncio.subprocess.Process | None = None
         self._background: list[asyncio.Task[None]] = []
         self._vhost_created = False

@@ -282,7 +282,7 @@ async def test_at_the_parking_queue_bound_a_bad_command_is_announced_and_counted
     settings = settings_for(amqp_url, simulator)
     topology = Topology(
         parking_max_messages=3,
-        watch_delay_s=settings.poll_interval_s,
+        poll_interval_s=settings.poll_interval_s,
         retry_delays_s=settings.retry_delays_s,
     )
     service = Service(settings, topology=topology)
