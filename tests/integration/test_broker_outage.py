@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import ConnectionReady, StatusChanged
 from service.broker.topology import message_count
-from service.simulator import Simulator, SimulatorConfig
+from service.simulator import SimulatorConfig
 from tests.chaos.rabbitmq_node import RabbitNode, server_script
 from tests.chaos.service_process import (
     named,
@@ -32,11 +32,10 @@ from tests.chaos.service_process import (
     wait_for_log,
 )
 from tests.fixtures.broker import record_events
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import all_final, command, final, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 
 
 @pytest.fixture
