@@ -44,11 +44,8 @@ from contracts.events import decode_event
 from service.broker.connection import connect
 from service.broker.topology import Topology
 from service.simulator import Simulator, SimulatorConfig
-from tests.chaos import rabbitmqctl
 from tests.chaos.plan import PlannedRequest, build_plan
 from tests.chaos.rabbitmq_cluster import PartitionUnavailable, RabbitCluster
-from tests.chaos.rabbitmq_node import NodeError
-from tests.chaos.replicas import Replica, ReplicaError
 from tests.chaos.subscriber import QUEUE as SUBSCRIBER_QUEUE
 from tests.chaos.subscriber import URL_VARIABLE, password_digest
 from tests.chaos.verdict import (
@@ -61,6 +58,9 @@ from tests.chaos.verdict import (
     Verdict,
     judge,
 )
+from tests.fixtures import rabbitmqctl
+from tests.fixtures.rabbitmq_node import NodeError
+from tests.fixtures.replicas import Replica, ReplicaError
 
 __all__ = ["ChaosRun", "Schedule", "main", "schedule_for"]
 

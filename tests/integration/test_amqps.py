@@ -22,8 +22,9 @@ import pytest
 from msgspec import Struct
 
 from contracts.events import ConnectionReady
-from tests.chaos.rabbitmq_node import NodeTls, RabbitNode, server_script
-from tests.chaos.service_process import (
+from tests.fixtures.broker import record_events
+from tests.fixtures.rabbitmq_node import NodeTls, RabbitNode, server_script
+from tests.fixtures.service_process import (
     log_events,
     named,
     service_env,
@@ -31,7 +32,6 @@ from tests.chaos.service_process import (
     stop_service,
     wait_for_log,
 )
-from tests.fixtures.broker import record_events
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command, final, publish
 

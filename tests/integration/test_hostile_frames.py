@@ -35,8 +35,8 @@ from service.app import Service
 from service.broker.topology import Topology
 from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
 from service.simulator import Simulator
-from tests.chaos.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.broker import BROKER_HOST, BROKER_PORT, EventRecorder, broker_max_message_size
+from tests.fixtures.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.simulator import SimulatorFactory
 from tests.hostile.wire import FRAME_CASES, RawProducer, entry, raw_properties, table
 from tests.integration.service_harness import command, get_all, publish, settings_for

@@ -19,10 +19,10 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.digitalocean import DatabaseCluster
 from contracts.events import ConnectionReady, Failed, StatusChanged, event_id
 from service.simulator import SimulatorConfig
-from tests.chaos.rabbitmqctl import queue_depths
-from tests.chaos.replicas import Replica
-from tests.chaos.service_process import service_env
 from tests.fixtures.broker import EventRecorder, user_of
+from tests.fixtures.rabbitmqctl import queue_depths
+from tests.fixtures.replicas import Replica
+from tests.fixtures.service_process import service_env
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
     all_final,
