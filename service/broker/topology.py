@@ -1,4 +1,4 @@
-"""The RabbitMQ topology of design.md, declared idempotently.
+"""The RabbitMQ topology: every exchange, queue and binding, declared idempotently.
 
 Everything that must survive a replica lives here: commands, watches, retries, parked
 and dead-lettered messages. All queues are quorum queues (replicated, at-least-once
@@ -224,7 +224,8 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
             if bounds(queue) is None:
                 raise
             # Made by a version without bounds: a queue's arguments cannot change, so it is
-            # used as it is, and said so at every start (docs/operations: how to bound it).
+            # used as it is, and said so at every start (docs/reliability.md, "Bounded
+            # queues", says how to bound it).
             await channel.reopen()
             await channel.declare_queue(queue.name, passive=True)
             log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])
