@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.errors import FieldError
 from contracts.events import ConnectionReady, Event, Rejected
+from contracts.names import REJECTION_REASON_HEADER
 from service.app import Service
 from service.broker.topology import Topology
 from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
@@ -48,7 +49,6 @@ pytestmark = pytest.mark.integration
 OVERSIZED_BYTES: Final = 24 * 1024 * 1024
 OVERSIZED_COUNT: Final = 6
 RSS_GROWTH_LIMIT_MIB: Final = 40.0
-REJECTION_HEADER: Final = "x-rejection-reason"
 
 
 class RunningService:
@@ -240,7 +240,8 @@ async def test_hostile_frames_never_cost_the_connection_readiness_or_memory(
         by_request: dict[str, Any] = {}
         for message in parked:
             reason = msgspec.json.decode(
-                str((message.headers or {})[REJECTION_HEADER]).encode(), type=list[FieldError]
+                str((message.headers or {})[REJECTION_REASON_HEADER]).encode(),
+                type=list[FieldError],
             )
             if message.content_type == OVERSIZED_CONTENT_TYPE:
                 record = json.loads(message.body)
