@@ -31,6 +31,7 @@ from pamqp.commands import Basic
 
 from contracts.errors import FieldError
 from contracts.events import EVENT_CONTENT_TYPE, Event, Failed, encode_event
+from contracts.names import PRODUCER_HEADER, REJECTION_REASON_HEADER
 from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
@@ -38,8 +39,6 @@ from service.provisioning.messages import (
     APP_ID,
     ATTEMPT_HEADER,
     DUE_HEADER,
-    PRODUCER_HEADER,
-    REJECTION_HEADER,
     WATCH_CONTENT_TYPE,
     WatchState,
     encode_stamp,
@@ -200,7 +199,7 @@ class RabbitPublisher:
         still cannot be written, it is parked with the service's headers only, and says so."""
         reason = _bounded_reason(errors)
         own: dict[str, Any] = {
-            REJECTION_HEADER: reason.decode(),
+            REJECTION_REASON_HEADER: reason.decode(),
             "x-rejected-at": datetime.now(UTC).isoformat(),
             "x-rejection-count": len(errors),
         }
