@@ -210,7 +210,8 @@ class Service:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
-        """Connect, declare, and begin consuming."""
+        """Connect, declare, and begin consuming. ``connect_attempts`` bounds the addresses
+        tried and the broker setups started (None: until one succeeds)."""
         s = self.settings
         register_secret(s.token)
         for url in s.amqp_urls:
