@@ -229,10 +229,10 @@ class Service:
             # Each attempt starts at the next address: the node that just failed the setup
             # may still accept connections.
             these = rotated(addresses, attempt - 1)
-            setup: asyncio.Future[None] | None = None
+            # Waits while no node answers (or raises after ``connect_attempts`` addresses).
+            await self._connect(these, connect_attempts)
+            setup = asyncio.ensure_future(self._set_up_broker(these))
             try:
-                await self._connect(these, connect_attempts)
-                setup = asyncio.ensure_future(self._set_up_broker(these))
                 await within(setup, self._broker_setup_timeout_s)
                 break
             except SETUP_ERRORS as exc:
@@ -273,14 +273,14 @@ class Service:
         connection = self._connection
         return None if connection is None else f"{connection.url.host}:{connection.url.port}"
 
-    async def _discard_broker(self, setup: asyncio.Future[None] | None) -> None:
+    async def _discard_broker(self, setup: asyncio.Future[None]) -> None:
         """Close what a failed broker setup opened (each close bounded), so that the next
         attempt starts afresh."""
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close_callbacks.discard(self._on_connection_lost)
             await close_within(connection, CLOSE_TIMEOUT_S)
-        if setup is not None and not setup.done():
+        if not setup.done():
             # With its connection closed, what it waits for fails; if it does not end, it is
             # left behind (it cannot open anything more: see _set_up_broker).
             await asyncio.wait({setup}, timeout=CLOSE_TIMEOUT_S)
