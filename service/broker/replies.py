@@ -40,10 +40,7 @@ from typing import Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractRobustChannel,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 from aiormq.exceptions import ConnectionInternalError
 from yarl import URL
 
@@ -56,6 +53,7 @@ from service.broker.connection import (
     ordered,
     rotated,
     split_urls,
+    within,
 )
 from service.metrics import ReplyOutcome
 
@@ -202,9 +200,7 @@ class ReplyCopies:
                 log.warning("reply_copies_switch_failed", error=repr(exc))
                 return
             try:
-                channel = await asyncio.wait_for(
-                    fresh.channel(publisher_confirms=True), self._timeout_s
-                )
+                channel = await within(fresh.channel(publisher_confirms=True), self._timeout_s)
             except Exception as exc:
                 log.warning("reply_copies_switch_failed", error=repr(exc))
                 await close_within(fresh, self._timeout_s)
