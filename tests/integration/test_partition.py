@@ -17,8 +17,8 @@ import pytest
 from service.broker.replies import ReplyCopies
 from service.simulator import Simulator
 from tests.chaos.rabbitmq_cluster import PartitionUnavailable, RabbitCluster, cluster, iptables
-from tests.chaos.rabbitmq_node import server_script
-from tests.chaos.service_process import (
+from tests.fixtures.rabbitmq_node import server_script
+from tests.fixtures.service_process import (
     named,
     service_env,
     start_service,
