@@ -1,9 +1,13 @@
 """Wiring and lifecycle: start, serve, drain, stop. ``provisioner run`` lands here.
 
 Start: connect to RabbitMQ (waiting with backoff while it is unreachable, never a crash
-loop), declare the topology, start the health server, consume commands and watches.
+loop), declare the topology, start the health server, consume commands and watches. The
+broker setup after connecting is bounded: a node that accepts connections but cannot reach its
+cluster (cut off, not yet paused) answers nothing, or drops the connection when it pauses, so
+the setup then starts over on a new connection at the next address.
 Stop (SIGTERM/SIGINT): stop consuming, let in-flight work finish for
-``PROVISIONER_SHUTDOWN_GRACE_S``, return the rest to its queue, close, exit 0.
+``PROVISIONER_SHUTDOWN_GRACE_S``, return the rest to its queue, close, exit 0; whatever
+happens, the process is gone ``STOP_MARGIN_S`` after that.
 """
 
 from __future__ import annotations
@@ -11,14 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import os
+import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel
 
 from contracts.digitalocean import (
     CaCertificate,
@@ -30,11 +38,21 @@ from contracts.digitalocean import (
     DatabaseUserCreate,
 )
 from service.broker import frames
-from service.broker.connection import connect, redact_url
+from service.broker.connection import (
+    BACKOFF_MAX_S,
+    SETUP_ERRORS,
+    ClusterConnection,
+    close_within,
+    connect,
+    ordered,
+    redact_url,
+    rotated,
+    within,
+)
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.publisher import RabbitPublisher
 from service.broker.replies import ReplyCopies
-from service.broker.topology import Topology, bounds, declare, message_count
+from service.broker.topology import Topology, bounds, declare, message_count, topology_for
 from service.config import ConfigError, Settings, load_settings
 from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unauthorized
 from service.digitalocean.scan import ClusterScan
@@ -51,21 +69,20 @@ from service.provisioning.watch import WatchHandler, WatchOutcome
 from service.redaction import register_secret
 from service.tracing import configure_tracing, shutdown_tracing
 
-__all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
+__all__ = ["Service", "add_arguments", "main"]
 
 log = structlog.get_logger(__name__)
 
 TOKEN_PROBE_INTERVAL_S: Final = 30.0
 QUEUE_POLL_INTERVAL_S: Final = 15.0
-
-
-def topology_for(settings: Settings) -> Topology:
-    """The topology with this deployment's poll interval and retry delays."""
-    return Topology(
-        poll_interval_s=settings.poll_interval_s,
-        retry_delays_s=settings.retry_delays_s,
-        quorum_group_size=settings.quorum_group_size,
-    )
+# Declaring the topology, opening channels and consuming take well under a second; a node that
+# has not answered after this long is not going to.
+BROKER_SETUP_TIMEOUT_S: Final = 30.0
+# How long a close of the broker connection may take before it is left behind.
+CLOSE_TIMEOUT_S: Final = 5.0
+# After the shutdown grace: the longest the rest of a stop may take before the process exits
+# anyway (with 1, and a log line saying so).
+STOP_MARGIN_S: Final = 15.0
 
 
 class SecretRegisteringApi:
@@ -155,6 +172,7 @@ class Service:
         metrics: ProvisionerMetrics | None = None,
         policy: Policy | None = None,
         queue_poll_interval_s: float = QUEUE_POLL_INTERVAL_S,
+        broker_setup_timeout_s: float = BROKER_SETUP_TIMEOUT_S,
     ) -> None:
         self.settings = settings
         self.topology = topology or topology_for(settings)
@@ -177,7 +195,7 @@ class Service:
         self.api = SecretRegisteringApi(self.client)
         self.token_accepted = True
         self.http_port: int | None = None
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: ClusterConnection | None = None
         self._channels: list[AbstractChannel] = []  # strong refs: robust channels
         self._replies: ReplyCopies | None = None
         self._commands: CommandConsumer | None = None
@@ -186,12 +204,14 @@ class Service:
         self._probe: asyncio.Task[None] | None = None
         self._queue_poll: asyncio.Task[None] | None = None
         self._queue_poll_interval_s = queue_poll_interval_s
+        self._broker_setup_timeout_s = broker_setup_timeout_s
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
-        """Connect, declare, and begin consuming."""
+        """Connect, declare, and begin consuming. ``connect_attempts`` bounds the addresses
+        tried and the broker setups started (None: until one succeeds)."""
         s = self.settings
         register_secret(s.token)
         for url in s.amqp_urls:
@@ -203,27 +223,96 @@ class Service:
         # Before the first frame: no message can then cost the connection or be read whole
         # past the limit (service/broker/frames.py).
         frames.install(s.max_message_bytes)
-        self._connection = await connect(
-            s.amqp_urls, order=s.amqp_url_order, attempts=connect_attempts
+        addresses = [str(u) for u in ordered(s.amqp_urls, s.amqp_url_order)]
+        pause = 1.0
+        for attempt in itertools.count(1):
+            # Each attempt starts at the next address: the node that just failed the setup
+            # may still accept connections.
+            these = rotated(addresses, attempt - 1)
+            # Waits while no node answers (or raises after ``connect_attempts`` addresses).
+            await self._connect(these, connect_attempts)
+            setup = asyncio.ensure_future(self._set_up_broker(these))
+            try:
+                await within(setup, self._broker_setup_timeout_s)
+                break
+            except SETUP_ERRORS as exc:
+                await self._discard_broker(setup)
+                if connect_attempts is not None and attempt >= connect_attempts:
+                    raise
+                # Every node once without a pause; then the pause doubles after each round.
+                wait_s = pause * random.uniform(0.75, 1.25) if attempt % len(addresses) == 0 else 0
+                log.warning(
+                    "broker_setup_failed",
+                    attempt=attempt,
+                    error=repr(exc)[:300],
+                    retry_in_s=round(wait_s, 2),
+                )
+                self.metrics.count_broker_setup_restart()
+                await asyncio.sleep(wait_s)
+                if wait_s:
+                    pause = min(pause * 2, BACKOFF_MAX_S)
+        self._queue_poll = asyncio.create_task(self._poll_bounded_queues())
+        log.info(
+            "service_started",
+            amqp=redact_url(s.amqp_url),
+            node=self._node(),
+            api=s.api_url,
+            http_port=self.http_port,
+            poll_interval_s=s.poll_interval_s,
+            poll_mode=s.poll_mode,
         )
-        self._connection.close_callbacks.add(self._on_connection_lost)
-        self._connection.reconnect_callbacks.add(self._on_reconnected)
-        setup = await self._connection.channel()
+
+    async def _connect(self, addresses: list[str], attempts: int | None) -> None:
+        connection = await connect(addresses, order="listed", attempts=attempts)
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        self._connection = connection
+        log.info("broker_connected", node=self._node())
+
+    def _node(self) -> str | None:
+        connection = self._connection
+        return None if connection is None else f"{connection.url.host}:{connection.url.port}"
+
+    async def _discard_broker(self, setup: asyncio.Future[None]) -> None:
+        """Close what a failed broker setup opened (each close bounded), so that the next
+        attempt starts afresh."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close_callbacks.discard(self._on_connection_lost)
+            await close_within(connection, CLOSE_TIMEOUT_S)
+        if not setup.done():
+            # With its connection closed, what it waits for fails; if it does not end, it is
+            # left behind (it cannot open anything more: see _set_up_broker).
+            await asyncio.wait({setup}, timeout=CLOSE_TIMEOUT_S)
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            await replies.close()
+        self._channels = []
+        self._commands = self._watches = None
+
+    async def _set_up_broker(self, addresses: list[str]) -> None:
+        """Declare the topology, open the channels and reply copies, consume."""
+        s = self.settings
+        connection = self._connection
+        assert connection is not None
+        setup = await connection.channel()
         await declare(setup, self.topology)
         await setup.close()
-        publish_channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        command_channel = await self._connection.channel()
-        watch_channel = await self._connection.channel()
+        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        command_channel = await connection.channel()
+        watch_channel = await connection.channel()
         self._channels = [publish_channel, command_channel, watch_channel]
         own = self.topology
+        if self._connection is not connection:
+            raise ConnectionError("the broker setup was given up")
         self._replies = ReplyCopies(
-            s.amqp_urls,
-            order=s.amqp_url_order,
+            addresses,
+            order="listed",
             timeout_s=s.publish_timeout_s,
             refuse=[q.name for q in own.queues()],
             refuse_prefixes=(f"{own.requests_queue}.", f"{own.watch_queue}."),
+            observer=self.metrics.count_reply_copy,
+            on_retry=self.metrics.count_reply_copy_retry,
         )
         await self._replies.start()
         publisher = RabbitPublisher(
@@ -304,15 +393,6 @@ class Service:
         )
         await self._watches.start()
         await self._commands.start()
-        self._queue_poll = asyncio.create_task(self._poll_bounded_queues())
-        log.info(
-            "service_started",
-            amqp=redact_url(s.amqp_url),
-            api=s.api_url,
-            http_port=self.http_port,
-            poll_interval_s=s.poll_interval_s,
-            poll_mode=s.poll_mode,
-        )
 
     async def stop(self) -> None:
         """Stop consuming, drain for the grace period, close everything."""
@@ -332,10 +412,9 @@ class Service:
         cut = sum(results)
         for channel in self._channels:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await within(channel.close(), CLOSE_TIMEOUT_S)
         if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+            await close_within(self._connection, CLOSE_TIMEOUT_S)
         if self._replies is not None:
             await self._replies.close()
         await self.client.close()
@@ -436,20 +515,42 @@ async def run(settings: Settings, policy: Policy) -> None:
     service = Service(settings, policy=policy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        # The drain is bounded by the grace period and every close by CLOSE_TIMEOUT_S; should
+        # anything still hold the process (the end of asyncio.run included), it goes anyway.
+        loop.call_later(settings.shutdown_grace_s + STOP_MARGIN_S, _exit_now)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     starting = asyncio.create_task(service.start())
     stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if starting in done:
-        starting.result()
-        await stopped
-    else:
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-    log.info("shutdown_requested", at=time.time())
-    await service.stop()
+    try:
+        done, _ = await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()
+            await stopped
+        else:
+            starting.cancel()
+            # Not an unbounded wait: a start may be inside a library call that ignores the
+            # cancellation; the stop below closes its connection under it.
+            await asyncio.wait({starting}, timeout=CLOSE_TIMEOUT_S)
+        log.info("shutdown_requested", at=time.time())
+    finally:
+        stopped.cancel()
+        # Also after a start that raised: a connection left open would keep aio-pika's
+        # reconnect loop, which ignores cancellation, and the process, alive.
+        await service.stop()
+
+
+def _exit_now() -> None:
+    log.error("shutdown_forced", detail="the stop did not end in time; exiting anyway")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Consumer",
     "DeadLetterReason",
     "ProvisionerMetrics",
+    "ReplyOutcome",
 ]
 
 # The ``_created`` series double every counter and histogram and no alert or dashboard reads
@@ -75,6 +76,9 @@ Consumer = Literal["commands", "watches"]
 """The label values of ``consumer``."""
 DeadLetterReason = Literal["rejected", "delivery_limit"]
 """The label values of ``reason`` in ``provisioner_messages_dead_lettered_total``."""
+ReplyOutcome = Literal["sent", "refused", "failed"]
+"""What became of a copy to ``reply_to``: the label values of
+``provisioner_reply_copies_total``."""
 FailureReason = Literal["timeout", "api_error", "retries_exhausted", "finishing"]
 """Why a request failed: the label values of ``provisioner_requests_failed_total`` (as the
 ``failed`` event's ``data.reason``)."""
@@ -84,6 +88,7 @@ _CONSUMERS: Final[tuple[str, ...]] = get_args(Consumer)
 _PARK_REASONS: Final[tuple[str, ...]] = get_args(ParkReason)
 _WATCH_STEPS: Final[tuple[str, ...]] = get_args(WatchResult)
 _FAILURE_REASONS: Final[tuple[str, ...]] = get_args(FailureReason)
+_REPLY_OUTCOMES: Final[tuple[str, ...]] = get_args(ReplyOutcome)
 
 _M = TypeVar("_M", Counter, Gauge, Histogram)
 
@@ -279,6 +284,18 @@ class ProvisionerMetrics:
         """The broker connection was restored."""
         self.broker_reconnects.inc()
 
+    def count_broker_setup_restart(self) -> None:
+        """The broker setup at start failed or took too long, and starts over."""
+        self.broker_setup_restarts.inc()
+
+    def count_reply_copy(self, outcome: ReplyOutcome) -> None:
+        """A copy to ``reply_to`` was sent, refused or given up."""
+        self.reply_copies.labels(outcome).inc()
+
+    def count_reply_copy_retry(self) -> None:
+        """A copy to ``reply_to`` is sent again (no confirm in time, or its connection cut)."""
+        self.reply_copy_retries.inc()
+
     def set_queue_bounds(self, queue: str, messages: int, size: int) -> None:
         """The bounds ``queue`` was declared with."""
         self.queue_max_messages.labels(queue).set(messages)
@@ -388,6 +405,27 @@ class ProvisionerMetrics:
             "Times the connection to the broker was restored after it was lost.",
             registry=r,
         )
+        self.broker_setup_restarts = Counter(
+            "provisioner_broker_setup_restarts",
+            "Times the broker setup at start (declaring, opening channels, consuming) failed "
+            "or took too long and started over on a new connection.",
+            registry=r,
+        )
+        self.reply_copies = Bounded(
+            Counter(
+                "provisioner_reply_copies",
+                "Copies of events to a producer's reply_to queue, by outcome: sent (confirmed), "
+                "refused (a name the service will not publish to) or failed (given up).",
+                ["outcome"],
+                registry=r,
+            ),
+            max_series=len(_REPLY_OUTCOMES),
+        )
+        self.reply_copy_retries = Counter(
+            "provisioner_reply_copy_retries",
+            "Copies to reply_to sent again after no confirm in time or a cut connection.",
+            registry=r,
+        )
         self.queue_messages = Bounded(
             Gauge(
                 "provisioner_queue_messages",
@@ -421,6 +459,8 @@ class ProvisionerMetrics:
             self.undecodable_messages.labels(consumer)
         for reason in _PARK_REASONS:
             self.messages_parked.labels(reason)
+        for outcome in _REPLY_OUTCOMES:
+            self.reply_copies.labels(outcome)
 
     def render(self) -> str:
         """Every metric of this process in the text exposition format 0.0.4."""

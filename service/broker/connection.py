@@ -22,23 +22,29 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Sequence
-from typing import Any, Final, Literal
+from collections.abc import Awaitable, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 import aio_pika
 import structlog
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
 __all__ = [
     "BACKOFF_MAX_S",
+    "SETUP_ERRORS",
     "ClusterConnection",
     "UrlOrder",
+    "close_within",
     "connect",
     "connect_once",
+    "ordered",
     "redact_url",
+    "rotated",
     "split_urls",
+    "within",
 ]
 
 log = structlog.get_logger(__name__)
@@ -49,6 +55,13 @@ RECONNECT_INTERVAL_S: Final = 1.0
 """The pause before the first attempt at another node after a loss."""
 BACKOFF_MAX_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 10.0
+
+SETUP_ERRORS: Final = (TimeoutError, OSError, ChannelInvalidStateError)
+"""What a broker setup (declaring, opening channels, consuming) raises when its connection is
+lost or its node does not answer: reasons to start over on another node. (The connection's
+own errors are ``OSError``s; a channel refusing an argument is not among them.)"""
+
+T = TypeVar("T")
 
 
 def split_urls(value: str) -> list[str]:
@@ -64,6 +77,37 @@ def redact_url(url: str | URL) -> str:
     if parsed.password is None:
         return str(parsed)
     return str(parsed.with_password("***"))
+
+
+def rotated(addresses: Sequence[T], shift: int) -> list[T]:
+    """``addresses`` starting at the ``shift``-th (round and round)."""
+    start = shift % len(addresses)
+    return [*addresses[start:], *addresses[:start]]
+
+
+async def within(work: Awaitable[T], timeout_s: float) -> T:
+    """``work``'s result, or :class:`TimeoutError` after ``timeout_s``. Unlike
+    ``asyncio.wait_for``, the bound holds even when the work does not end on cancellation
+    (aio-pika's reconnect loop swallows it): the work is cancelled and left behind."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task not in done:
+        task.cancel()
+        # Whatever it raises on the way out is not news.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    return task.result()
+
+
+async def close_within(connection: AbstractConnection, timeout_s: float) -> None:
+    """Close ``connection``, waiting at most ``timeout_s`` (a node cut off from its cluster
+    may never answer the close); errors on the way are ignored."""
+    with contextlib.suppress(Exception):
+        await within(connection.close(), timeout_s)
 
 
 def ordered(urls: Sequence[str], order: UrlOrder, rng: random.Random | None = None) -> list[URL]:
@@ -151,7 +195,7 @@ async def connect(
     timeout_s: float = CONNECT_TIMEOUT_S,
     reconnect_interval_s: float = RECONNECT_INTERVAL_S,
     rng: random.Random | None = None,
-) -> AbstractRobustConnection:
+) -> ClusterConnection:
     """A robust connection to one of ``urls`` (a list, or a comma-separated string), waiting
     with capped exponential backoff while none answers (``attempts`` bounds the number of
     addresses tried; None waits for ever)."""
@@ -165,6 +209,11 @@ async def connect(
         try:
             await connection.connect(timeout=timeout_s)
             return connection
+        except asyncio.CancelledError:
+            # Cancelled mid-attempt (a SIGTERM during the start): its reconnect loop, which
+            # ignores cancellation, would otherwise keep connecting, and the process alive.
+            await _discard(connection)
+            raise
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             await _discard(connection)
             if attempts is not None and tried >= attempts:
@@ -200,5 +249,5 @@ async def connect_once(
 
 
 async def _discard(connection: AbstractRobustConnection) -> None:
-    with contextlib.suppress(Exception):  # it never opened: nothing to keep
-        await connection.close()
+    # It never opened: nothing to keep, and nothing worth waiting long for.
+    await close_within(connection, CONNECT_TIMEOUT_S)

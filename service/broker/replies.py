@@ -19,6 +19,12 @@ points. Three things follow:
   producers.
 * Copies are best effort: the events exchange is where a request's events are certain to be;
   a copy that cannot be delivered is logged and counted, and never fails the request.
+
+A copy the broker does not confirm in time is sent again, up to ``COPY_ATTEMPTS`` times in
+all: a node cut off from the rest of its cluster still accepts connections and publishes but
+confirms nothing until it pauses, so after a timeout the copies move to a fresh connection that
+starts at the next address. A copy sent again may arrive twice; consumers drop the second by
+its event id, as they do for every event.
 """
 
 from __future__ import annotations
@@ -30,14 +36,26 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from typing import Final, Literal
+from typing import Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 from aiormq.exceptions import ConnectionInternalError
+from yarl import URL
 
-from service.broker.connection import UrlOrder, connect, connect_once, split_urls
+from service.broker.connection import (
+    ClusterConnection,
+    UrlOrder,
+    close_within,
+    connect,
+    connect_once,
+    ordered,
+    rotated,
+    split_urls,
+    within,
+)
+from service.metrics import ReplyOutcome
 
 __all__ = ["DIRECT_REPLY_PREFIX", "ReplyCopies", "ReplyOutcome", "direct_reply_node"]
 
@@ -54,8 +72,8 @@ PROBE_EVERY_S: Final = 10.0
 PROBERS: Final = 4096
 # As the main connection's: after a cut, copies wait for the channel at most a publish timeout.
 RECONNECT_INTERVAL_S: Final = 1.0
-
-ReplyOutcome = Literal["sent", "refused", "failed"]
+# Sends of one copy, the first included; each waits at most a publish timeout for its confirm.
+COPY_ATTEMPTS: Final = 4
 
 # Erlang's external term format: a pid is tagged 'g' (PID_EXT: then 9 bytes of numbers) or 'X'
 # (NEW_PID_EXT: 12 bytes) and starts with its node's name as a UTF-8 atom, 'v' (2-byte length)
@@ -106,15 +124,25 @@ class ReplyCopies:
         refuse_prefixes: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
         observer: Callable[[ReplyOutcome], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
+        attempts: int = COPY_ATTEMPTS,
     ) -> None:
         self._urls = split_urls(urls) if isinstance(urls, str) else list(urls)
         self._order: UrlOrder = order
+        # Shuffled (or not) once: a fresh connection starts at the address after the last.
+        self._addresses = [str(u) for u in ordered(self._urls, order)]
+        self._start = 0
+        self._attempts = max(1, attempts)
+        self._on_retry = on_retry
+        self._generation = 0  # bumped at each fresh connection
+        self._switching = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
         self._timeout_s = timeout_s
         self._refuse = frozenset(refuse)
         self._refuse_prefixes = refuse_prefixes
         self._clock = clock
         self._observer = observer
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: ClusterConnection | None = None
         self._channel: AbstractChannel | None = None  # strong reference: a robust channel
         self._known: OrderedDict[str, None] = OrderedDict()
         self._refused: OrderedDict[str, float] = OrderedDict()
@@ -126,15 +154,64 @@ class ReplyCopies:
         """Open the connection the copies go out on."""
         # The same failover over the cluster's nodes as the main connection.
         self._connection = await connect(
-            self._urls, order=self._order, reconnect_interval_s=RECONNECT_INTERVAL_S
+            self._rotated(), order="listed", reconnect_interval_s=RECONNECT_INTERVAL_S
         )
         self._channel = await self._connection.channel(publisher_confirms=True)
 
     async def close(self) -> None:
-        """Close it."""
+        """Close it (and any connection a switch left behind)."""
         if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+            await close_within(self._connection, self._timeout_s)
+        if self._retired:
+            await asyncio.wait(self._retired, timeout=self._timeout_s)
+
+    @property
+    def node(self) -> str | None:
+        """``host:port`` of the address the copies go out through now."""
+        connection = self._connection
+        return None if connection is None else f"{connection.url.host}:{connection.url.port}"
+
+    def _rotated(self) -> list[str]:
+        return rotated(self._addresses, self._start)
+
+    async def _switch(self, generation: int) -> None:
+        """A fresh connection and channel, starting at the address after the one in use; the
+        old connection is closed in the background. Copies that timed out together switch
+        once."""
+        async with self._switching:
+            if generation != self._generation or len(self._addresses) < 2:
+                return
+            old = self._connection
+            if old is not None:
+                current = str(old.url.with_password(None).with_user(None))
+                for i, address in enumerate(self._addresses):
+                    if str(URL(address).with_password(None).with_user(None)) == current:
+                        self._start = i
+            self._start += 1
+            try:
+                fresh = await connect(
+                    self._rotated(),
+                    order="listed",
+                    attempts=len(self._addresses),
+                    timeout_s=self._timeout_s,
+                    reconnect_interval_s=RECONNECT_INTERVAL_S,
+                )
+            except Exception as exc:
+                log.warning("reply_copies_switch_failed", error=repr(exc))
+                return
+            try:
+                channel = await within(fresh.channel(publisher_confirms=True), self._timeout_s)
+            except Exception as exc:
+                log.warning("reply_copies_switch_failed", error=repr(exc))
+                await close_within(fresh, self._timeout_s)
+                return
+            self._connection, self._channel = fresh, channel
+            self._generation += 1
+            log.info("reply_copies_switched", to=self.node)
+            if old is not None:
+                retired = asyncio.create_task(close_within(old, self._timeout_s))
+                self._retired.add(retired)
+                retired.add_done_callback(self._retired.discard)
 
     async def send(
         self, message: aio_pika.Message, reply_to: str, producer: str | None = None
@@ -162,19 +239,40 @@ class ReplyCopies:
                 return "refused"
             if node not in self._known:
                 return await self._probe(message, reply_to, node, producer)
-        try:
-            await self._ready()
-            await self._publish(self._channel, message, reply_to)
-        except Exception:
-            # The connection was cut under it (a broker restart, a forced close): once the
-            # robust channel is back, once more.
+        return await self._send_retried(message, reply_to)
+
+    async def _send_retried(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
+        """Send until the broker confirms, ``attempts`` times at most. A cut connection is
+        waited for (the robust channel comes back); a missing confirm moves the copies to a
+        fresh connection first."""
+        for attempt in range(1, self._attempts + 1):
+            generation = self._generation
             try:
                 await self._ready()
                 await self._publish(self._channel, message, reply_to)
             except Exception as exc:
-                log.warning("reply_copy_failed", reply_to=reply_to[:128], error=repr(exc))
-                return "failed"
-        return "sent"
+                if attempt == self._attempts:
+                    log.warning(
+                        "reply_copy_failed",
+                        reply_to=reply_to[:128],
+                        attempts=attempt,
+                        error=repr(exc),
+                    )
+                    return "failed"
+                log.info(
+                    "reply_copy_retried",
+                    reply_to=reply_to[:128],
+                    attempt=attempt,
+                    node=self.node,
+                    error=repr(exc),
+                )
+                if self._on_retry is not None:
+                    self._on_retry()
+                if isinstance(exc, TimeoutError):
+                    await self._switch(generation)
+                continue
+            return "sent"
+        raise AssertionError("unreachable")
 
     async def _ready(self) -> None:
         """Wait (at most the timeout) while the robust channel is being restored."""

@@ -10,7 +10,7 @@ queue instead of failing on an argument mismatch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
 import structlog
@@ -28,7 +28,18 @@ from contracts.names import (
     WATCH_QUEUE,
 )
 
-__all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "declare_queue", "message_count"]
+if TYPE_CHECKING:
+    from service.config import Settings
+
+__all__ = [
+    "DeclaredQueue",
+    "Topology",
+    "bounds",
+    "declare",
+    "declare_queue",
+    "message_count",
+    "topology_for",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -289,3 +300,12 @@ async def message_count(connection: AbstractConnection, queue: str) -> int:
         return int(result.message_count or 0) if result else 0
     finally:
         await channel.close()
+
+
+def topology_for(settings: Settings) -> Topology:
+    """The topology with this deployment's poll interval, retry delays and quorum size."""
+    return Topology(
+        poll_interval_s=settings.poll_interval_s,
+        retry_delays_s=settings.retry_delays_s,
+        quorum_group_size=settings.quorum_group_size,
+    )

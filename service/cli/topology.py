@@ -18,9 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _declare() -> list[str]:
-    from service.app import topology_for
     from service.broker.connection import connect
-    from service.broker.topology import declare
+    from service.broker.topology import declare, topology_for
 
     settings = load_settings(require_token=False)
     connection = await connect(settings.amqp_urls, order=settings.amqp_url_order, attempts=5)

@@ -393,11 +393,19 @@ class ChaosRun:
 
     async def _restart(self, replica: Replica) -> None:
         await asyncio.sleep(RESTART_AFTER_S)  # a crashed pod comes back after a moment
+        kills = replica.kills
         try:
             await replica.start()
             await replica.wait_started(START_TIMEOUT_S)
             self.counts.restarts += 1
         except ReplicaError as exc:
+            if replica.kills > kills:
+                # The next kill chose this replica while it was starting (a start on a node
+                # cut off from its cluster lasts until that node pauses); that kill's own
+                # restart is the one that counts.
+                self.counts.restarts_cut_short += 1
+                print(f"    restart cut short by the next kill: {exc}", flush=True)
+                return
             self.counts.restart_failures += 1
             print(f"restart failed: {exc}", file=sys.stderr, flush=True)
 

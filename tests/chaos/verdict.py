@@ -47,6 +47,8 @@ class ChaosCounts(Struct, kw_only=True):
     kills: int = 0
     restarts: int = 0
     restart_failures: int = 0
+    restarts_cut_short: int = 0
+    """Restarts the chaos ended itself: the replica was SIGKILLed again while starting."""
     connection_cuts: int = 0
     pauses: int = 0
     paused_s: float = 0.0
@@ -368,8 +370,13 @@ def judge(evidence: Evidence) -> Verdict:
         f"requests sent: {len(plan)} ({len(good)} good, {len(bad)} bad, "
         f"{len(asked)} with reply_to; plus {counts.resends} producer re-sends of good ones "
         f"and {counts.publish_retries} publishes repeated after a broker cut)",
-        f"replicas killed: {counts.kills} (SIGKILL, then started again: {counts.restarts}; "
-        f"{counts.replicas} replicas)",
+        f"replicas killed: {counts.kills} (SIGKILL, then started again: {counts.restarts}"
+        + (
+            f", {counts.restarts_cut_short} killed again while starting"
+            if counts.restarts_cut_short
+            else ""
+        )
+        + f"; {counts.replicas} replicas)",
         f"connections closed: {counts.connection_cuts} times every connection of the vhost "
         "(rabbitmqctl close_all_connections)",
         f"faults injected: {injected} (API 500: {faults.get('server_error', 0)}, "

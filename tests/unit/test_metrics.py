@@ -181,6 +181,9 @@ def test_provisioner_metrics_expose_every_named_family_with_prefix() -> None:
         "provisioner_producer_headers_dropped_total": "counter",
         "provisioner_broker_connection_drops_total": "counter",
         "provisioner_broker_reconnects_total": "counter",
+        "provisioner_broker_setup_restarts_total": "counter",
+        "provisioner_reply_copies_total": "counter",
+        "provisioner_reply_copy_retries_total": "counter",
         "provisioner_queue_messages": "gauge",
         "provisioner_queue_max_messages": "gauge",
         "provisioner_queue_max_bytes": "gauge",
@@ -289,6 +292,11 @@ def test_robustness_series_are_there_from_the_start_and_count() -> None:
     metrics.count_undecodable("commands")
     metrics.count_connection_drop()
     metrics.count_reconnect()
+    metrics.count_broker_setup_restart()
+    metrics.count_reply_copy("sent")
+    metrics.count_reply_copy("failed")
+    metrics.count_reply_copy_retry()
+    metrics.count_reply_copy_retry()
     metrics.count_headers_dropped(3)
     metrics.set_queue_bounds("provisioner.rejected", 100, 2048)
     metrics.set_queue_messages("provisioner.rejected", 7)
@@ -310,6 +318,11 @@ def test_robustness_series_are_there_from_the_start_and_count() -> None:
     assert value("provisioner_undecodable_messages_total", consumer="commands") == 1
     assert value("provisioner_broker_connection_drops_total") == 1
     assert value("provisioner_broker_reconnects_total") == 1
+    assert value("provisioner_broker_setup_restarts_total") == 1
+    assert value("provisioner_reply_copies_total", outcome="sent") == 1
+    assert value("provisioner_reply_copies_total", outcome="failed") == 1
+    assert value("provisioner_reply_copies_total", outcome="refused") == 0
+    assert value("provisioner_reply_copy_retries_total") == 2
     assert value("provisioner_producer_headers_dropped_total") == 3
     assert value("provisioner_queue_max_messages", queue="provisioner.rejected") == 100
     assert value("provisioner_queue_max_bytes", queue="provisioner.rejected") == 2048
