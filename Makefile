@@ -39,13 +39,13 @@ $(NODE_INSTALLED): package.json package-lock.json
 # The image installs the runtime lock and builds the package with the build lock.
 lock: $(INSTALLED)
 	$(LOCK) pyproject.toml -o $(RUNTIME_LOCK)
-	$(LOCK) pyproject.toml --extra dev -o $(DEV_LOCK)
+	$(LOCK) pyproject.toml --extra dev --extra demo -o $(DEV_LOCK)
 	$(LOCK) requirements/build.in -o $(BUILD_LOCK)
 
 # The same, moving every dependency to its newest version.
 lock-upgrade: $(INSTALLED)
 	$(LOCK) --upgrade pyproject.toml -o $(RUNTIME_LOCK)
-	$(LOCK) --upgrade pyproject.toml --extra dev -o $(DEV_LOCK)
+	$(LOCK) --upgrade pyproject.toml --extra dev --extra demo -o $(DEV_LOCK)
 	$(LOCK) --upgrade requirements/build.in -o $(BUILD_LOCK)
 
 node: $(NODE_INSTALLED)

@@ -483,5 +483,5 @@ def bench_topology(settings: Mapping[str, object]) -> Topology:
     """The topology a service with these settings declares (queue names carry the delays)."""
     delays: dict[str, Any] = {}
     if "poll_interval_s" in settings:
-        delays["watch_delay_s"] = float(str(settings["poll_interval_s"]))
+        delays["poll_interval_s"] = float(str(settings["poll_interval_s"]))
     return Topology(**delays)

@@ -40,6 +40,7 @@ from bench._harness import (
     running_simulator,
     service_env,
 )
+from contracts.names import COMMAND_EXCHANGE, COMMAND_ROUTING_KEY, EVENT_EXCHANGE
 from service.simulator import SimulatorConfig
 
 PER_MINUTE = 250
@@ -127,13 +128,13 @@ async def run_mode(size: Size, mode: Literal["list", "per-cluster"], clusters: i
             )
             async with running_service(env, f"economy-{mode}"):
                 events = EventLog()
-                await events.subscribe(connection, "provisioner.events")
+                await events.subscribe(connection, EVENT_EXCHANGE)
                 started = time.monotonic()
                 await publish_many(
                     connection,
                     (command(f"econ-{mode}-{i}") for i in range(clusters)),
-                    exchange="provisioner.commands",
-                    routing_key="database.cluster.create",
+                    exchange=COMMAND_EXCHANGE,
+                    routing_key=COMMAND_ROUTING_KEY,
                 )
                 # Generous: the per-cluster baseline is slow by nature, and a stall must end.
                 expected = _expected_makespan_s(size, clusters)

@@ -36,6 +36,7 @@ from bench._harness import (
     service_env,
 )
 from contracts.events import ConnectionReady, StatusChanged
+from contracts.names import COMMAND_EXCHANGE, COMMAND_ROUTING_KEY, EVENT_EXCHANGE
 from service.simulator import SimulatorConfig
 
 GOAL_MARGIN_S = 0.5
@@ -121,14 +122,14 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
             )
             async with running_service(env, "latency"):
                 events = EventLog()
-                await events.subscribe(connection, "provisioner.events")
+                await events.subscribe(connection, EVENT_EXCHANGE)
                 probes = ProbeDelays(poll)
                 probing = asyncio.create_task(probes.run(connection, size.probes))
                 await publish_many(
                     connection,
                     (command(f"lat-{i}") for i in range(size.clusters)),
-                    exchange="provisioner.commands",
-                    routing_key="database.cluster.create",
+                    exchange=COMMAND_EXCHANGE,
+                    routing_key=COMMAND_ROUTING_KEY,
                 )
                 await events.wait_until(
                     lambda: events.count(READY) >= size.clusters,

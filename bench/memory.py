@@ -106,7 +106,7 @@ async def run(size: Size, clusters: int) -> Run:
     config = SimulatorConfig(
         stuck_fraction=1.0, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
     )
-    topology = Topology(watch_delay_s=poll)
+    topology = Topology(poll_interval_s=poll)
     async with fresh_vhost("memory") as amqp_url, running_simulator(config) as simulator:
         connection = await aio_pika.connect_robust(amqp_url)
         try:

@@ -113,7 +113,7 @@ async def throughput(urls: list[str], size: Size, run: str) -> float:
     config = SimulatorConfig(
         ready_after_s=3600, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
     )
-    topology = Topology(watch_delay_s=THROUGHPUT_POLL_S)
+    topology = Topology(poll_interval_s=THROUGHPUT_POLL_S)
     connection = await connect(urls[0], order="listed")
     events = EventLog()
     try:
@@ -148,7 +148,7 @@ async def list_calls(urls: list[str], size: Size, run: str) -> float:
     config = SimulatorConfig(
         ready_after_s=3600, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
     )
-    topology = Topology(watch_delay_s=size.poll_interval_s)
+    topology = Topology(poll_interval_s=size.poll_interval_s)
     connection = await connect(urls[0], order="listed")
     events = EventLog()
     try:

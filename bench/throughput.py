@@ -129,7 +129,7 @@ def _bare_event(path: Path) -> tuple[str, bytes]:
 async def bare_loop(path: Path, amqp_url: str, api_url: str, prefetch: int, count: int) -> None:
     """Consume ``count`` commands: [POST], publish what the design publishes for one command
     (two messages, each with a confirm), ack."""
-    topology = Topology(watch_delay_s=POLL_INTERVAL_S)
+    topology = Topology(poll_interval_s=POLL_INTERVAL_S)
     routing_key, body = _bare_event(path)
     # Where the second message of a command goes: the parked copy, or the watch.
     second = topology.rejected_queue if path == "reject" else topology.watch_delay_queue()
@@ -244,7 +244,7 @@ async def measure(
     config = SimulatorConfig(
         ready_after_s=3600, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
     )
-    topology = Topology(watch_delay_s=POLL_INTERVAL_S)
+    topology = Topology(poll_interval_s=POLL_INTERVAL_S)
     key = RESULT[path]
     events = EventLog()
     async with running_simulator(config) as simulator:
@@ -330,7 +330,7 @@ async def _pairs(
         connection = await aio_pika.connect_robust(amqp_url)
         try:
             channel = await connection.channel()
-            await declare(channel, Topology(watch_delay_s=POLL_INTERVAL_S))
+            await declare(channel, Topology(poll_interval_s=POLL_INTERVAL_S))
             await channel.close()
             for n in range(size.rounds):
                 for path in get_args(Path):

@@ -48,6 +48,7 @@ from bench._harness import (
     service_env,
 )
 from contracts.events import ConnectionReady
+from contracts.names import COMMAND_EXCHANGE, COMMAND_ROUTING_KEY, EVENT_EXCHANGE
 from service.simulator import Simulator, SimulatorConfig
 
 UNLIMITED: Final = 1_000_000_000
@@ -107,7 +108,7 @@ async def trickle(connection: AbstractRobustConnection, size: Size, run: str) ->
     """One command every ``gap_s`` for ``trickle_s``; how many were sent."""
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
-        exchange = await channel.get_exchange("provisioner.commands")
+        exchange = await channel.get_exchange(COMMAND_EXCHANGE)
         started = time.monotonic()
         sent = 0
         while time.monotonic() - started < size.trickle_s:
@@ -116,7 +117,7 @@ async def trickle(connection: AbstractRobustConnection, size: Size, run: str) ->
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 user_id=PRODUCER,
             )
-            await exchange.publish(message, "database.cluster.create", timeout=30)
+            await exchange.publish(message, COMMAND_ROUTING_KEY, timeout=30)
             sent += 1
             # The pace of the producer, not a wait for the service.
             await asyncio.sleep(max(0.0, started + sent * size.gap_s - time.monotonic()))
@@ -145,7 +146,7 @@ async def run(size: Size, mode: Mode, count: int) -> Run:
         connection = await aio_pika.connect_robust(amqp_url)
         events = EventLog()
         try:
-            await events.subscribe(connection, "provisioner.events")
+            await events.subscribe(connection, EVENT_EXCHANGE)
             async with replicas(env, count, f"watch-cost-{label}"):
                 sent = await trickle(connection, size, label)
                 # The last commands' first looks come one interval after them: skip that.

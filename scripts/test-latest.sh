@@ -20,7 +20,7 @@ cd "$work"
 
 "$python" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+.venv/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,demo]'
 
 # The Node tooling at its newest versions too (package.json pins exact versions).
 node -e '

@@ -40,13 +40,14 @@ from service.digitalocean import ApiError, DigitalOceanClient, RateLimiter, Unau
 from service.digitalocean.client import ClusterScan
 from service.http import HealthServer
 from service.metrics import ProvisionerMetrics
-from service.observability import configure_logging, register_secret
+from service.observability import configure_logging
 from service.provisioning.commands import CommandHandler, CommandOutcome
 from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
 from service.provisioning.options import OfferCheck
 from service.provisioning.policy import Policy, PolicyError, load_policy
 from service.provisioning.watch import ClusterSnapshot, WatchHandler, WatchOutcome
+from service.redaction import register_secret
 from service.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["Service", "add_arguments", "main", "redact_url", "topology_for"]
@@ -60,7 +61,7 @@ QUEUE_POLL_INTERVAL_S: Final = 15.0
 def topology_for(settings: Settings) -> Topology:
     """The topology with this deployment's poll interval and retry delays."""
     return Topology(
-        watch_delay_s=settings.poll_interval_s,
+        poll_interval_s=settings.poll_interval_s,
         retry_delays_s=settings.retry_delays_s,
         quorum_group_size=settings.quorum_group_size,
     )

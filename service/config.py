@@ -24,46 +24,134 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable, never its value."""
 
 
+def env(variable: str, doc: str, **rules: Any) -> Meta:
+    """A setting's environment variable and meaning, with the rules its value must meet
+    (msgspec's constraints: ``gt``, ``ge``, ``le``, ``pattern``)."""
+    return Meta(description=doc, extra={"env": variable}, **rules)
+
+
 DEFAULT_COMMAND_PREFETCH: Final = 64
-"""Commands one replica holds at once. Enough that when the rate limit's window frees a
-burst of slots, creates are in hand to take them (with 16, a backlog of 1,000 took 1.4 times
-the rate limit's bound: finishing calls took the slots); at most this many times
-``max_message_bytes`` of command bodies are held."""
 
 
 class Settings(Struct, kw_only=True, frozen=True):
-    """Everything the service reads from its environment (see ENVIRONMENT for the names)."""
+    """Everything the service reads from its environment: one field per setting, with its
+    variable, its default and its rules. The token is read apart (``read_token``)."""
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    token: str = msgspec.field(default="")
-    api_url: str = "https://api.digitalocean.com"
-    poll_interval_s: PositiveFloat = 10.0
-    create_timeout_s: PositiveFloat = 1800.0
-    http_host: str = "0.0.0.0"  # noqa: S104 - health and metrics are scraped from outside
-    http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080
-    log_format: Literal["json", "console"] = "json"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    managed_tag: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_:\-]{1,64}$")] = "provisioner"
-    event_source: str = "/provisioner"
-    event_secrets: Literal["include", "omit", "sealed"] = "include"
-    policy_file: str = ""
-    poll_mode: Literal["list", "per-cluster"] = "list"
-    command_prefetch: Annotated[int, Meta(ge=1, le=1000)] = DEFAULT_COMMAND_PREFETCH
-    watch_prefetch: Annotated[int, Meta(ge=1, le=10000)] = 500
-    retry_delays_s: tuple[PositiveFloat, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
-    not_found_grace_s: Annotated[float, Meta(ge=0)] = 60.0
-    options_ttl_s: PositiveFloat = 300.0
-    max_message_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
-    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 20.0
-    publish_timeout_s: PositiveFloat = 10.0
-    rate_limit_per_minute: Annotated[int, Meta(ge=1)] = 250
-    rate_limit_per_hour: Annotated[int, Meta(ge=1)] = 5000
-    rate_limit_minute_window_s: PositiveFloat = 60.0
-    rate_limit_hour_window_s: PositiveFloat = 3600.0
-    finish_max_attempts: Annotated[int, Meta(ge=1)] = 10
-    finish_budget_s: PositiveFloat = 30.0
-    amqp_url_order: Literal["shuffle", "listed"] = "shuffle"
-    quorum_group_size: Annotated[int, Meta(ge=1, le=99)] = 3
+    amqp_url: Annotated[
+        str, env("PROVISIONER_AMQP_URL", "the broker, or a comma-separated list of its nodes")
+    ] = "amqp://guest:guest@127.0.0.1:5672/"
+    token: str = ""  # read apart: from one of TOKEN_VARIABLES or the file TOKEN_FILE_VARIABLE names
+    api_url: Annotated[
+        str, env("DIGITALOCEAN_API_URL", "the API; http:// only for loopback hosts")
+    ] = "https://api.digitalocean.com"
+    poll_interval_s: Annotated[
+        float, env("PROVISIONER_POLL_INTERVAL_S", "how often a creating cluster is looked at", gt=0)
+    ] = 10.0
+    create_timeout_s: Annotated[
+        float,
+        env("PROVISIONER_CREATE_TIMEOUT_S", "deadline for online without timeout_s", gt=0),
+    ] = 1800.0
+    http_host: Annotated[
+        str, env("PROVISIONER_HTTP_HOST", "address of /healthz, /readyz, /metrics")
+    ] = "0.0.0.0"  # noqa: S104 - health and metrics are scraped from outside
+    http_port: Annotated[
+        int, env("PROVISIONER_HTTP_PORT", "their port (0: any free port)", ge=0, le=65535)
+    ] = 8080
+    log_format: Annotated[
+        Literal["json", "console"], env("PROVISIONER_LOG_FORMAT", "JSON lines or for a person")
+    ] = "json"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+        env("PROVISIONER_LOG_LEVEL", "the least level logged"),
+    ] = "INFO"
+    managed_tag: Annotated[
+        str,
+        env(
+            "PROVISIONER_MANAGED_TAG",
+            "tag added to every cluster the service creates",
+            pattern=r"^[A-Za-z0-9_:\-]{1,64}$",
+        ),
+    ] = "provisioner"
+    event_source: Annotated[str, env("PROVISIONER_EVENT_SOURCE", "the CloudEvents source")] = (
+        "/provisioner"
+    )
+    event_secrets: Annotated[
+        Literal["include", "omit", "sealed"],
+        env("PROVISIONER_EVENT_SECRETS", "what connection_ready carries of the credentials"),
+    ] = "include"
+    policy_file: Annotated[
+        str, env("PROVISIONER_POLICY_FILE", "TOML: what each producer may ask for")
+    ] = ""
+    poll_mode: Annotated[
+        Literal["list", "per-cluster"],
+        env("PROVISIONER_POLL_MODE", "one list call for many watches, or one GET per cluster"),
+    ] = "list"
+    command_prefetch: Annotated[
+        int,
+        env(
+            "PROVISIONER_COMMAND_PREFETCH",
+            "commands handled at once per replica: enough to have creates in hand when the "
+            "rate limit frees slots; bounds memory with max_message_bytes",
+            ge=1,
+            le=1000,
+        ),
+    ] = DEFAULT_COMMAND_PREFETCH
+    watch_prefetch: Annotated[
+        int,
+        env(
+            "PROVISIONER_WATCH_PREFETCH",
+            "watches taken at once (the largest batch)",
+            ge=1,
+            le=10000,
+        ),
+    ] = 500
+    retry_delays_s: Annotated[
+        tuple[PositiveFloat, ...],
+        env("PROVISIONER_RETRY_DELAYS_S", "comma-separated delays between create attempts"),
+    ] = (2.0, 10.0, 30.0, 60.0, 120.0)
+    not_found_grace_s: Annotated[
+        float,
+        env("PROVISIONER_NOT_FOUND_GRACE_S", "how long a fresh cluster may be missing", ge=0),
+    ] = 60.0
+    options_ttl_s: Annotated[
+        float, env("PROVISIONER_OPTIONS_TTL_S", "how long the options are cached", gt=0)
+    ] = 300.0
+    max_message_bytes: Annotated[
+        int, env("PROVISIONER_MAX_MESSAGE_BYTES", "larger commands are parked", ge=1024)
+    ] = 1024 * 1024
+    shutdown_grace_s: Annotated[
+        float, env("PROVISIONER_SHUTDOWN_GRACE_S", "time in-flight work has to finish", ge=0)
+    ] = 20.0
+    publish_timeout_s: Annotated[
+        float, env("PROVISIONER_PUBLISH_TIMEOUT_S", "wait for the broker's confirm", gt=0)
+    ] = 10.0
+    rate_limit_per_minute: Annotated[
+        int, env("PROVISIONER_RATE_LIMIT_PER_MINUTE", "the client's burst budget", ge=1)
+    ] = 250
+    rate_limit_per_hour: Annotated[
+        int, env("PROVISIONER_RATE_LIMIT_PER_HOUR", "the client's hourly budget", ge=1)
+    ] = 5000
+    rate_limit_minute_window_s: Annotated[
+        float, env("PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S", "the burst window", gt=0)
+    ] = 60.0
+    rate_limit_hour_window_s: Annotated[
+        float, env("PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S", "the hourly window", gt=0)
+    ] = 3600.0
+    finish_max_attempts: Annotated[
+        int, env("PROVISIONER_FINISH_MAX_ATTEMPTS", "attempts at finishing a cluster", ge=1)
+    ] = 10
+    finish_budget_s: Annotated[
+        float,
+        env("PROVISIONER_FINISH_BUDGET_S", "retry time of one refused finishing call", gt=0),
+    ] = 30.0
+    amqp_url_order: Annotated[
+        Literal["shuffle", "listed"],
+        env("PROVISIONER_AMQP_URL_ORDER", "start at a random node of the list, or the first"),
+    ] = "shuffle"
+    quorum_group_size: Annotated[
+        int,
+        env("PROVISIONER_QUORUM_GROUP_SIZE", "members of a new quorum queue", ge=1, le=99),
+    ] = 3
 
     @property
     def amqp_urls(self) -> list[str]:
@@ -96,38 +184,20 @@ class Settings(Struct, kw_only=True, frozen=True):
         ]
 
 
+def _declared() -> dict[str, tuple[str, msgspec.inspect.Type]]:
+    """Settings field -> (environment variable, type), as ``Settings`` declares them."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = {}
+    for field in info.fields:
+        if isinstance(field.type, msgspec.inspect.Metadata) and field.type.extra:
+            fields[field.name] = (str(field.type.extra["env"]), field.type.type)
+    return fields
+
+
+_FIELDS: Final = _declared()
 # Environment variable -> Settings field. The README's configuration table lists these.
-ENVIRONMENT: Final[Mapping[str, str]] = {
-    "PROVISIONER_AMQP_URL": "amqp_url",
-    "DIGITALOCEAN_API_URL": "api_url",
-    "PROVISIONER_POLL_INTERVAL_S": "poll_interval_s",
-    "PROVISIONER_CREATE_TIMEOUT_S": "create_timeout_s",
-    "PROVISIONER_HTTP_HOST": "http_host",
-    "PROVISIONER_HTTP_PORT": "http_port",
-    "PROVISIONER_LOG_FORMAT": "log_format",
-    "PROVISIONER_LOG_LEVEL": "log_level",
-    "PROVISIONER_MANAGED_TAG": "managed_tag",
-    "PROVISIONER_EVENT_SOURCE": "event_source",
-    "PROVISIONER_EVENT_SECRETS": "event_secrets",
-    "PROVISIONER_POLICY_FILE": "policy_file",
-    "PROVISIONER_POLL_MODE": "poll_mode",
-    "PROVISIONER_COMMAND_PREFETCH": "command_prefetch",
-    "PROVISIONER_WATCH_PREFETCH": "watch_prefetch",
-    "PROVISIONER_RETRY_DELAYS_S": "retry_delays_s",
-    "PROVISIONER_NOT_FOUND_GRACE_S": "not_found_grace_s",
-    "PROVISIONER_OPTIONS_TTL_S": "options_ttl_s",
-    "PROVISIONER_MAX_MESSAGE_BYTES": "max_message_bytes",
-    "PROVISIONER_SHUTDOWN_GRACE_S": "shutdown_grace_s",
-    "PROVISIONER_PUBLISH_TIMEOUT_S": "publish_timeout_s",
-    "PROVISIONER_RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
-    "PROVISIONER_RATE_LIMIT_PER_HOUR": "rate_limit_per_hour",
-    "PROVISIONER_RATE_LIMIT_MINUTE_WINDOW_S": "rate_limit_minute_window_s",
-    "PROVISIONER_RATE_LIMIT_HOUR_WINDOW_S": "rate_limit_hour_window_s",
-    "PROVISIONER_FINISH_MAX_ATTEMPTS": "finish_max_attempts",
-    "PROVISIONER_FINISH_BUDGET_S": "finish_budget_s",
-    "PROVISIONER_AMQP_URL_ORDER": "amqp_url_order",
-    "PROVISIONER_QUORUM_GROUP_SIZE": "quorum_group_size",
-}
+ENVIRONMENT: Final[Mapping[str, str]] = {variable: name for name, (variable, _) in _FIELDS.items()}
 TOKEN_VARIABLES: Final = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 TOKEN_FILE_VARIABLE: Final = "DIGITALOCEAN_TOKEN_FILE"  # noqa: S105 - a variable name
 
@@ -157,7 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         value = env.get(variable)
         if value is None or value == "":
             continue
-        if field == "retry_delays_s":
+        if isinstance(_FIELDS[field][1], msgspec.inspect.VarTupleType):
             raw[field] = [part.strip() for part in value.split(",") if part.strip()]
         else:
             raw[field] = value
@@ -219,9 +289,5 @@ def _name_variable(message: str) -> str:
 
 
 def _literal_values(field: str) -> list[str]:
-    info = msgspec.inspect.type_info(Settings)
-    assert isinstance(info, msgspec.inspect.StructType)
-    for f in info.fields:
-        if f.name == field and isinstance(f.type, msgspec.inspect.LiteralType):
-            return [str(v) for v in f.type.values]
-    return []
+    kind = _FIELDS[field][1]
+    return [str(v) for v in kind.values] if isinstance(kind, msgspec.inspect.LiteralType) else []

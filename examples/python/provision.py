@@ -43,10 +43,8 @@ from contracts import (
     open_sealed_secrets,
 )
 from contracts.events import ConnectionReady, Event, Failed, Rejected, decode_event
+from contracts.names import COMMAND_EXCHANGE, COMMAND_ROUTING_KEY, EVENT_EXCHANGE
 
-COMMANDS_EXCHANGE: Final = "provisioner.commands"
-COMMAND_ROUTING_KEY: Final = "database.cluster.create"
-EVENTS_EXCHANGE: Final = "provisioner.events"
 DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 EXIT_READY: Final = 0
 EXIT_CANNOT_RUN: Final = 1
@@ -151,8 +149,8 @@ async def provision(
         connection.close_callbacks.add(on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         # The service owns the exchanges: check they are there, never declare them.
-        commands = await channel.get_exchange(COMMANDS_EXCHANGE, ensure=True)
-        events = await channel.get_exchange(EVENTS_EXCHANGE, ensure=True)
+        commands = await channel.get_exchange(COMMAND_EXCHANGE, ensure=True)
+        events = await channel.get_exchange(EVENT_EXCHANGE, ensure=True)
         # A subscriber queue of our own: server-named and exclusive, gone when we disconnect,
         # so acknowledging its messages buys nothing.
         subscriber = await channel.declare_queue(exclusive=True)
@@ -175,7 +173,7 @@ async def provision(
             mandatory=True,  # with on_return_raises: an unrouted command is an error
             timeout=30,
         )
-        print(f"published request {command.request_id} to {COMMANDS_EXCHANGE}", file=sys.stderr)
+        print(f"published request {command.request_id} to {COMMAND_EXCHANGE}", file=sys.stderr)
         try:
             return await asyncio.wait_for(done, timeout_s)
         except TimeoutError:

@@ -31,14 +31,13 @@ from pamqp.commands import Basic
 
 from contracts.errors import FieldError
 from contracts.events import EVENT_CONTENT_TYPE, Event, Failed, encode_event
+from contracts.names import PRODUCER_HEADER, REJECTION_REASON_HEADER
 from service.broker.frames import portable_headers
 from service.broker.replies import ReplyCopies
 from service.broker.topology import Topology
 from service.provisioning.messages import (
     APP_ID,
     ATTEMPT_HEADER,
-    PRODUCER_HEADER,
-    REJECTION_HEADER,
     WATCH_CONTENT_TYPE,
     WatchState,
     encode_stamp,
@@ -169,7 +168,7 @@ class RabbitPublisher:
         looked_at = LOOKED_AT.get()
         headers: dict[str, Any] = {}
         if looked_at is not None:
-            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.watch_delay_s)
+            headers[DUE_HEADER] = encode_stamp(looked_at + self._topology.poll_interval_s)
         if watch.traceparent is None:
             # The first watch of a request: it carries the command's trace from now on.
             trace_headers = current_trace_headers()
@@ -202,7 +201,7 @@ class RabbitPublisher:
         still cannot be written, it is parked with the service's headers only, and says so."""
         reason = _bounded_reason(errors)
         own: dict[str, Any] = {
-            REJECTION_HEADER: reason.decode(),
+            REJECTION_REASON_HEADER: reason.decode(),
             "x-rejected-at": datetime.now(UTC).isoformat(),
             "x-rejection-count": len(errors),
         }

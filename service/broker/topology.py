@@ -1,4 +1,4 @@
-"""The RabbitMQ topology of design.md, declared idempotently.
+"""The RabbitMQ topology: every exchange, queue and binding, declared idempotently.
 
 Everything that must survive a replica lives here: commands, watches, retries, parked
 and dead-lettered messages. All queues are quorum queues (replicated, at-least-once
@@ -16,6 +16,17 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from msgspec import Struct
+
+from contracts.names import (
+    COMMAND_EXCHANGE,
+    COMMAND_ROUTING_KEY,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EVENT_EXCHANGE,
+    REJECTED_QUEUE,
+    REQUEST_QUEUE,
+    WATCH_QUEUE,
+)
 
 __all__ = ["DeclaredQueue", "Topology", "bounds", "declare", "declare_queue", "message_count"]
 
@@ -54,15 +65,16 @@ class DeclaredQueue(Struct, frozen=True):
 class Topology(Struct, frozen=True, kw_only=True):
     """Names and delays. The defaults are the names other teams code against."""
 
-    commands_exchange: str = "provisioner.commands"
-    command_routing_key: str = "database.cluster.create"
-    requests_queue: str = "provisioner.requests"
-    events_exchange: str = "provisioner.events"
-    rejected_queue: str = "provisioner.rejected"
-    dead_letter_exchange: str = "provisioner.dead-letter"
-    dead_letter_queue: str = "provisioner.dead-letter"
-    watch_queue: str = "provisioner.watch"
-    watch_delay_s: float = 10.0
+    commands_exchange: str = COMMAND_EXCHANGE
+    command_routing_key: str = COMMAND_ROUTING_KEY
+    requests_queue: str = REQUEST_QUEUE
+    events_exchange: str = EVENT_EXCHANGE
+    rejected_queue: str = REJECTED_QUEUE
+    dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
+    dead_letter_queue: str = DEAD_LETTER_QUEUE
+    watch_queue: str = WATCH_QUEUE
+    poll_interval_s: float = 10.0
+    """How long a watch waits in its delay queue between two looks (the setting's value)."""
     retry_delays_s: tuple[float, ...] = (2.0, 10.0, 30.0, 60.0, 120.0)
     delivery_limit: int = DELIVERY_LIMIT
     parking_max_messages: int = PARKING_MAX_MESSAGES
@@ -90,7 +102,7 @@ class Topology(Struct, frozen=True, kw_only=True):
 
     def watch_delay_queue(self) -> str:
         """Where a watch waits one poll interval before it returns to the watch queue."""
-        return f"{self.watch_queue}.delay.{_ms(self.watch_delay_s)}ms"
+        return f"{self.watch_queue}.delay.{_ms(self.poll_interval_s)}ms"
 
     def retry_queue(self, attempt: int) -> str:
         """The delay queue for the retry that follows failed attempt ``attempt`` (1-based)."""
@@ -143,8 +155,8 @@ class Topology(Struct, frozen=True, kw_only=True):
             ),
             DeclaredQueue(
                 self.watch_delay_queue(),
-                _delay(quorum, self.watch_delay_s, self.watch_queue),
-                f"watch delay ({self.watch_delay_s:g} s)",
+                _delay(quorum, self.poll_interval_s, self.watch_queue),
+                f"watch delay ({self.poll_interval_s:g} s)",
             ),
         ]
         for delay in dict.fromkeys(self.retry_delays_s):
@@ -212,7 +224,8 @@ async def declare(channel: AbstractChannel, topology: Topology) -> list[str]:
             if bounds(queue) is None:
                 raise
             # Made by a version without bounds: a queue's arguments cannot change, so it is
-            # used as it is, and said so at every start (docs/operations: how to bound it).
+            # used as it is, and said so at every start (docs/reliability.md, "Bounded
+            # queues", says how to bound it).
             await channel.reopen()
             await channel.declare_queue(queue.name, passive=True)
             log.warning("queue_unbounded", queue=queue.name, error=str(exc)[:300])

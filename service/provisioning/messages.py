@@ -13,6 +13,7 @@ from msgspec import Struct
 
 from contracts.commands import RequestId
 from contracts.digitalocean import DatabaseUserCreate
+from contracts.names import PRODUCER_HEADER
 
 __all__ = [
     "APP_ID",
@@ -20,7 +21,6 @@ __all__ = [
     "FIRST_ATTEMPT_HEADER",
     "OVERSIZED_CONTENT_TYPE",
     "PRODUCER_HEADER",
-    "REJECTION_HEADER",
     "WATCH_CONTENT_TYPE",
     "WATCH_VERSION",
     "OversizedRecord",
@@ -37,7 +37,6 @@ __all__ = [
 APP_ID: Final = "provisioner"
 # The command's attempt number travels in this header through the retry delay queues.
 ATTEMPT_HEADER: Final = "x-provisioner-attempt"
-REJECTION_HEADER: Final = "x-rejection-reason"
 # When the command's first attempt ran (epoch seconds), carried through its retries.
 FIRST_ATTEMPT_HEADER: Final = "x-provisioner-first-attempt-at"
 WATCH_CONTENT_TYPE: Final = "application/vnd.provisioner.watch+json"
@@ -46,10 +45,6 @@ OVERSIZED_CONTENT_TYPE: Final = "application/vnd.provisioner.oversized+json"
 # passwords (sealed) and warnings. A replica leaves a watch of a newer version to a replica
 # that knows it (an older one would drop what it cannot read: a kept password for ever).
 WATCH_VERSION: Final = 3
-# On a command the service sends on (a retry, a parked copy): the producer it came from. The
-# copy's AMQP user_id is the service's own (RabbitMQ allows no other), so the header says whose
-# request it is; it is believed only on messages whose user_id is the service's.
-PRODUCER_HEADER: Final = "x-provisioner-producer"
 
 
 def encode_stamp(seconds: float) -> str:

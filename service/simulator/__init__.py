@@ -2,7 +2,7 @@
 
 ``Simulator(SimulatorConfig(...))`` serves the endpoints the service uses over real HTTP,
 with DigitalOcean's auth, validation, rate limits and error bodies, plus fault injection.
-``provisioner simulate`` runs it from the command line (``service.simulator.command``).
+``provisioner simulate`` runs it from the command line (``service.cli.simulate``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The chaos run: several service replicas, a faulty simulator, kills and broker cuts.
 
 ``python -m tests.chaos.run --requests N`` (``make chaos`` at full size; a reduced size runs
-inside ``make test``). ``rabbitmq_node`` starts a RabbitMQ node of a test's own, for the
-broker outage and TLS tests, which must never touch the machine's main broker.
+inside ``make test``). The processes it starts (service replicas, RabbitMQ nodes) and
+``rabbitmqctl`` are driven by helpers in ``tests/fixtures/``, which the integration tests share.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
-from tests.chaos.rabbitmq_node import NodeError, RabbitNode, free_port
+from tests.fixtures.rabbitmq_node import NodeError, RabbitNode, free_port
 
 __all__ = [
     "ADVANCED_CONFIG",

@@ -44,11 +44,8 @@ from contracts.events import decode_event
 from service.broker.connection import connect
 from service.broker.topology import Topology
 from service.simulator import Simulator, SimulatorConfig
-from tests.chaos import rabbitmqctl
 from tests.chaos.plan import PlannedRequest, build_plan
 from tests.chaos.rabbitmq_cluster import PartitionUnavailable, RabbitCluster
-from tests.chaos.rabbitmq_node import NodeError
-from tests.chaos.replicas import Replica, ReplicaError
 from tests.chaos.subscriber import QUEUE as SUBSCRIBER_QUEUE
 from tests.chaos.subscriber import URL_VARIABLE, password_digest
 from tests.chaos.verdict import (
@@ -61,6 +58,9 @@ from tests.chaos.verdict import (
     Verdict,
     judge,
 )
+from tests.fixtures import rabbitmqctl
+from tests.fixtures.rabbitmq_node import NodeError
+from tests.fixtures.replicas import Replica, ReplicaError
 
 __all__ = ["ChaosRun", "Schedule", "main", "schedule_for"]
 
@@ -293,7 +293,7 @@ class ChaosRun:
         self.replicas: list[Replica] = []
         self.replica_count = replicas
         self.events = EventLog(workdir / "events.jsonl")
-        self.topology = Topology(watch_delay_s=POLL_INTERVAL_S, retry_delays_s=RETRY_DELAYS_S)
+        self.topology = Topology(poll_interval_s=POLL_INTERVAL_S, retry_delays_s=RETRY_DELAYS_S)
         self._subscriber: asyncio.subprocess.Process | None = None
         self._background: list[asyncio.Task[None]] = []
         self._vhost_created = False

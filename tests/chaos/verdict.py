@@ -17,7 +17,7 @@ from msgspec import Struct, field
 
 from service.provisioning.commands import request_tag
 from tests.chaos.plan import PlannedRequest
-from tests.chaos.rabbitmqctl import QueueDepth
+from tests.fixtures.rabbitmqctl import QueueDepth
 
 __all__ = [
     "ChaosCounts",

@@ -13,7 +13,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from service.broker.consumer import AckBatcher
-from tests.chaos.rabbitmqctl import queue_depths
+from tests.fixtures.rabbitmqctl import queue_depths
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,9 +22,9 @@ import pytest
 from msgspec import Struct
 
 from contracts.events import ConnectionReady
-from service.simulator import Simulator
-from tests.chaos.rabbitmq_node import NodeTls, RabbitNode, server_script
-from tests.chaos.service_process import (
+from tests.fixtures.broker import record_events
+from tests.fixtures.rabbitmq_node import NodeTls, RabbitNode, server_script
+from tests.fixtures.service_process import (
     log_events,
     named,
     service_env,
@@ -32,12 +32,10 @@ from tests.chaos.service_process import (
     stop_service,
     wait_for_log,
 )
-from tests.fixtures.broker import record_events
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command, final, publish
 
 pytestmark = [pytest.mark.integration]
-
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 
 
 class Pki(Struct, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from service.broker.connection import ClusterConnection, connect, connect_once
-from tests.chaos.rabbitmq_node import free_port
+from tests.fixtures.rabbitmq_node import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ broker is there and waits (backoff, not a crash loop); the broker goes away mid-
 comes back; the service reconnects and finishes every request, each with one cluster.
 
 The machine's main broker is never stopped: the node here has its own name, ports and data
-directory (``tests.chaos.rabbitmq_node``), and the test stops only that node.
+directory (``tests.fixtures.rabbitmq_node``), and the test stops only that node.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +22,20 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import ConnectionReady, StatusChanged
 from service.broker.topology import message_count
-from service.simulator import Simulator, SimulatorConfig
-from tests.chaos.rabbitmq_node import RabbitNode, server_script
-from tests.chaos.service_process import (
+from service.simulator import SimulatorConfig
+from tests.fixtures.broker import record_events
+from tests.fixtures.rabbitmq_node import RabbitNode, server_script
+from tests.fixtures.service_process import (
     named,
     service_env,
     start_service,
     stop_service,
     wait_for_log,
 )
-from tests.fixtures.broker import record_events
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import all_final, command, final, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.rabbitmq_node import server_script
 from tests.fixtures.chaos_run import figure, run_chaos
+from tests.fixtures.rabbitmq_node import server_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -6,19 +6,18 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from service.broker.topology import Topology, message_count
-from service.simulator import Simulator, SimulatorConfig
+from service.simulator import SimulatorConfig
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command, running_service, settings_for
 
 pytestmark = pytest.mark.integration
 
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 PROVISIONER = str(Path(sys.executable).with_name("provisioner"))
 
 

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from contracts.digitalocean import DatabaseClusterCreate
-from service import observability
+from service import redaction
 from service.app import SecretRegisteringApi
 from service.digitalocean import DigitalOceanClient, RateLimiter
-from service.observability import SecretRegistry, scrub_text
 from service.provisioning.watch import ClusterScanner
+from service.redaction import SecretRegistry, scrub_text
 from service.simulator import Simulator
 from tests.fixtures.simulator import SimulatorFactory
 
@@ -72,7 +72,7 @@ async def test_the_service_api_door_scans_lean_and_registers_what_it_read_in_ful
 ) -> None:
     """The service hands its watches ``SecretRegisteringApi``, not the client: unless that
     door can scan too, every list reads every cluster of the account in full."""
-    monkeypatch.setattr(observability, "secret_registry", SecretRegistry())
+    monkeypatch.setattr(redaction, "secret_registry", SecretRegistry())
     simulator = await simulator_factory(ready_after_s=0.0, stuck_fraction=0.5)
     fill(simulator, 50)
     async with DigitalOceanClient(simulator.base_url, simulator.config.token) as do:

@@ -31,12 +31,13 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.errors import FieldError
 from contracts.events import ConnectionReady, Event, Rejected
+from contracts.names import REJECTION_REASON_HEADER
 from service.app import Service
 from service.broker.topology import Topology
 from service.provisioning.messages import OVERSIZED_CONTENT_TYPE
 from service.simulator import Simulator
-from tests.chaos.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.broker import BROKER_HOST, BROKER_PORT, EventRecorder, broker_max_message_size
+from tests.fixtures.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.simulator import SimulatorFactory
 from tests.hostile.wire import FRAME_CASES, RawProducer, entry, raw_properties, table
 from tests.integration.service_harness import command, get_all, publish, settings_for
@@ -48,7 +49,6 @@ pytestmark = pytest.mark.integration
 OVERSIZED_BYTES: Final = 24 * 1024 * 1024
 OVERSIZED_COUNT: Final = 6
 RSS_GROWTH_LIMIT_MIB: Final = 40.0
-REJECTION_HEADER: Final = "x-rejection-reason"
 
 
 class RunningService:
@@ -240,7 +240,8 @@ async def test_hostile_frames_never_cost_the_connection_readiness_or_memory(
         by_request: dict[str, Any] = {}
         for message in parked:
             reason = msgspec.json.decode(
-                str((message.headers or {})[REJECTION_HEADER]).encode(), type=list[FieldError]
+                str((message.headers or {})[REJECTION_REASON_HEADER]).encode(),
+                type=list[FieldError],
             )
             if message.content_type == OVERSIZED_CONTENT_TYPE:
                 record = json.loads(message.body)
@@ -282,7 +283,7 @@ async def test_at_the_parking_queue_bound_a_bad_command_is_announced_and_counted
     settings = settings_for(amqp_url, simulator)
     topology = Topology(
         parking_max_messages=3,
-        watch_delay_s=settings.poll_interval_s,
+        poll_interval_s=settings.poll_interval_s,
         retry_delays_s=settings.retry_delays_s,
     )
     service = Service(settings, topology=topology)

@@ -35,6 +35,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from contracts.errors import FieldError
 from contracts.events import ConnectionReady, Failed, Rejected, decode_event
+from contracts.names import REJECTION_REASON_HEADER
 from service.app import Service
 from service.broker.topology import message_count
 from service.observability import configure_logging
@@ -68,7 +69,6 @@ LIMIT: Final = 64 * 1024
 DEFAULT_LIMIT: Final = 1024 * 1024
 MEMORY_GROWTH_LIMIT: Final = 1024 * 1024
 BATCH_TIMEOUT_S: Final = 90.0
-REJECTION_HEADER: Final = "x-rejection-reason"
 
 
 def hostile_corpus() -> list[Hostile]:
@@ -184,13 +184,13 @@ class Tally:
         elif hashlib.sha256(message.body).digest() != self.digests[index]:
             self._problem(f"{case.label}: parked body differs from what was published")
         headers = message.headers or {}
-        reason = headers.get(REJECTION_HEADER)
+        reason = headers.get(REJECTION_REASON_HEADER)
         try:
             errors = msgspec.json.decode(str(reason).encode(), type=list[FieldError])
         except msgspec.DecodeError:
             errors = []  # a truncated reason is not JSON; it still must be there
         if not reason or (errors and not all(e.path and e.message for e in errors)):
-            self._problem(f"{case.label}: parked without a readable {REJECTION_HEADER}")
+            self._problem(f"{case.label}: parked without a readable {REJECTION_REASON_HEADER}")
         if message.content_type != case.content_type and len(case.body) <= LIMIT:
             self._problem(f"{case.label}: parked with content type {message.content_type!r}")
         self.changed.set()
@@ -400,7 +400,7 @@ async def test_default_limit_parks_a_record_of_a_command_over_1_mib_and_takes_on
     assert record["content_type"] == "application/json"
     assert over.decode().startswith(record["head"])
     assert record["reason"] == str(expected[0])
-    reason = str((parked[0].headers or {})[REJECTION_HEADER])
+    reason = str((parked[0].headers or {})[REJECTION_REASON_HEADER])
     assert msgspec.json.decode(reason.encode(), type=list[FieldError]) == expected
     assert sim.stats().count(CREATE) == 1  # the one at the limit
 
@@ -494,7 +494,7 @@ async def test_huge_field_name_is_rejected_and_parked_without_breaking_the_conne
     assert not_ready == []
     parked = await get_all(amqp, "provisioner.rejected")
     assert [m.correlation_id for m in parked] == ["huge-key"]
-    assert len(str((parked[0].headers or {})[REJECTION_HEADER])) <= 20 * 1024
+    assert len(str((parked[0].headers or {})[REJECTION_REASON_HEADER])) <= 20 * 1024
 
 
 async def test_rejected_event_stays_small_however_many_rules_a_command_breaks(

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
@@ -20,6 +19,7 @@ from contracts.events import ConnectionReady, StatusChanged
 from service.broker.topology import message_count
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
     all_final,
     command,
@@ -30,8 +30,6 @@ from tests.integration.service_harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 
 
 def _service_env(amqp_url: str, sim: Simulator) -> dict[str, str]:

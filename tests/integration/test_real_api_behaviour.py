@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,12 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.digitalocean import DatabaseCluster
 from contracts.events import ConnectionReady, Failed, StatusChanged, event_id
-from service.simulator import Simulator, SimulatorConfig
-from tests.chaos.rabbitmqctl import queue_depths
-from tests.chaos.replicas import Replica
-from tests.chaos.service_process import service_env
+from service.simulator import SimulatorConfig
 from tests.fixtures.broker import EventRecorder, user_of
+from tests.fixtures.rabbitmqctl import queue_depths
+from tests.fixtures.replicas import Replica
+from tests.fixtures.service_process import service_env
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
     all_final,
     command,
@@ -36,7 +36,6 @@ from tests.integration.service_harness import (
 
 pytestmark = pytest.mark.integration
 
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 CREATE = "POST /v2/databases"
 ADD_USER = "POST /v2/databases/{id}/users"
 RESET = "POST /v2/databases/{id}/users/{user}/reset_auth"

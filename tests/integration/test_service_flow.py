@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -20,6 +19,7 @@ from service.digitalocean import DigitalOceanClient
 from service.provisioning.commands import owner_tag, request_tag, spec_tag
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
     ENGINE_SAMPLES,
     all_final,
@@ -35,8 +35,6 @@ from tests.integration.service_harness import (
 CREATE = "POST /v2/databases"
 
 pytestmark = pytest.mark.integration
-
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 
 
 async def test_every_engine_reaches_connection_ready_with_users_and_databases(

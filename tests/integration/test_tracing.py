@@ -29,8 +29,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from contracts.events import ConnectionReady, StatusChanged
 from service.simulator import SimulatorConfig
-from tests.chaos.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.broker import EventRecorder, user_of
+from tests.fixtures.service_process import service_env, start_service, stop_service, wait_for_log
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import command
 

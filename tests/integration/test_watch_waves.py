@@ -4,14 +4,14 @@ one poll interval after the start of the list it looked at (see ``DUE_HEADER``).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from service.provisioning.messages import decode_watch
 from service.provisioning.watch import DUE_HEADER
-from service.simulator import Simulator, SimulatorConfig
+from service.simulator import SimulatorConfig
+from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
     command,
     get_all,
@@ -23,7 +23,6 @@ from tests.integration.service_harness import (
 
 pytestmark = pytest.mark.integration
 
-SimulatorFactory = Callable[..., Awaitable[Simulator]]
 LIST = "GET /v2/databases"
 
 

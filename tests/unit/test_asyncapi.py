@@ -23,14 +23,8 @@ from jsonschema import Draft7Validator, Draft202012Validator, ValidationError
 
 from contracts import InvalidCommand, decode_command
 from contracts.asyncapi import (
-    COMMAND_EXCHANGE,
-    COMMAND_ROUTING_KEY,
-    EVENT_EXCHANGE,
     JSON_SCHEMA_DIALECT,
     MESSAGE_TYPES,
-    REJECTED_QUEUE,
-    REJECTION_REASON_HEADER,
-    REQUEST_QUEUE,
     YamlNotInstalled,
     build_document,
     dump,
@@ -52,6 +46,14 @@ from contracts.events import (
     StatusChanged,
     StatusChangedData,
     encode_event,
+)
+from contracts.names import (
+    COMMAND_EXCHANGE,
+    COMMAND_ROUTING_KEY,
+    EVENT_EXCHANGE,
+    REJECTED_QUEUE,
+    REJECTION_REASON_HEADER,
+    REQUEST_QUEUE,
 )
 from service import __version__
 from service.cli import main as cli_main
@@ -274,9 +276,8 @@ def test_operations_receive_commands_and_send_events_and_replies(
 
 
 def test_document_names_what_the_service_declares_on_the_broker() -> None:
-    # The contracts cannot import the service; this keeps the two lists of names in step.
+    # The contracts cannot import the service: the service takes its default names from them.
     from service.broker.topology import Topology
-    from service.provisioning.messages import REJECTION_HEADER
 
     topology = Topology()
     assert topology.commands_exchange == COMMAND_EXCHANGE
@@ -284,7 +285,6 @@ def test_document_names_what_the_service_declares_on_the_broker() -> None:
     assert topology.requests_queue == REQUEST_QUEUE
     assert topology.events_exchange == EVENT_EXCHANGE
     assert topology.rejected_queue == REJECTED_QUEUE
-    assert REJECTION_HEADER == REJECTION_REASON_HEADER
 
 
 # --- schemas generated from the Structs -----------------------------------------------------

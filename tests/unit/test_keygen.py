@@ -13,7 +13,7 @@ import pytest
 from contracts import open_sealed_secrets
 from contracts.events import ConnectionReadyData
 from contracts.sealed import PUBLIC_KEY_PATTERN, SealedSecrets, SecretUser, seal_secrets
-from service.keygen import main
+from service.cli.keygen import main
 
 
 def keygen(path: Path) -> int:

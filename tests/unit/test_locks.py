@@ -60,8 +60,9 @@ def test_runtime_lock_satisfies_the_project_dependencies() -> None:
     assert unsatisfied(PROJECT["dependencies"], RUNTIME_LOCK) == []
 
 
-def test_dev_lock_satisfies_the_project_and_its_dev_extra() -> None:
-    wanted = [*PROJECT["dependencies"], *PROJECT["optional-dependencies"]["dev"]]
+def test_dev_lock_satisfies_the_project_and_its_dev_and_demo_extras() -> None:
+    extras = PROJECT["optional-dependencies"]
+    wanted = [*PROJECT["dependencies"], *extras["dev"], *extras["demo"]]
     assert unsatisfied(wanted, DEV_LOCK) == []
 
 

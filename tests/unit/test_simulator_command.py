@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from service.cli.simulate import add_arguments, config_from_args, token_from
 from service.simulator import SimulatorConfig
-from service.simulator.command import add_arguments, config_from_args, token_from
 
 
 def parse(*argv: str) -> argparse.Namespace:

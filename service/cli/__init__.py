@@ -1,4 +1,7 @@
-"""``provisioner``: run | simulate | demo | submit | keygen | asyncapi | topology."""
+"""``provisioner``: run | simulate | demo | submit | keygen | asyncapi | topology.
+
+One module per subcommand here (``run`` is the service itself, in ``service.app``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,18 @@ from service import __version__
 # they are imported only when their command runs, so ``provisioner --help`` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("service.app", "run the service (configured by the environment)"),
-    "simulate": ("service.simulator.command", "serve the local DigitalOcean API simulator"),
-    "demo": ("service.demo", "simulator + service against the local broker, with sample requests"),
-    "submit": ("service.submit", "publish a ProvisionDatabase command (optionally --wait)"),
-    "keygen": ("service.keygen", "make a key pair for sealed credentials (recipient_public_key)"),
-    "asyncapi": ("service.asyncapi_command", "print the AsyncAPI document or write JSON Schemas"),
-    "topology": ("service.broker.command", "declare the queues and exchanges and print them"),
+    "simulate": ("service.cli.simulate", "serve the local DigitalOcean API simulator"),
+    "demo": (
+        "service.cli.demo",
+        "simulator + service against the local broker, with sample requests",
+    ),
+    "submit": ("service.cli.submit", "publish a ProvisionDatabase command (optionally --wait)"),
+    "keygen": (
+        "service.cli.keygen",
+        "make a key pair for sealed credentials (recipient_public_key)",
+    ),
+    "asyncapi": ("service.cli.asyncapi", "print the AsyncAPI document or write JSON Schemas"),
+    "topology": ("service.cli.topology", "declare the queues and exchanges and print them"),
 }
 
 
@@ -45,7 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = import_module(args._module)
     run: Callable[[argparse.Namespace], int] = module.main
     return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,8 @@ good request reached ``connection_ready`` and the bad one was rejected and parke
 
 The demo uses its own exchange and queue names (prefix ``provisioner-demo``), so it never
 touches the queues of a real deployment on the same broker, and can empty its own.
+
+Its live table needs rich, which only the ``demo`` extra installs (``make demo`` does).
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
 import msgspec
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from contracts.events import ConnectionReady, Event, Failed, Rejected, StatusChanged, decode_event
 from service.app import Service
@@ -34,6 +34,10 @@ from service.broker.topology import Topology, message_count
 from service.config import load_settings
 from service.observability import configure_logging
 from service.simulator import Simulator, SimulatorConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["SAMPLES", "add_arguments", "main"]
 
@@ -144,6 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _render(rows: dict[str, Progress], title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in ("request", "engine", "status", "outcome", "s", "detail"):
         table.add_column(column, no_wrap=column != "detail", overflow="ellipsis")
@@ -188,6 +194,8 @@ def _apply(rows: dict[str, Progress], event: Event) -> None:
 
 
 async def _demo(args: argparse.Namespace, console: Console) -> int:
+    from rich.live import Live
+
     token = secrets.token_urlsafe(24)
     simulator = Simulator(
         SimulatorConfig(
@@ -210,7 +218,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
         shutdown_grace_s=5.0,
     )
     topology = Topology.prefixed(
-        PREFIX, watch_delay_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s
+        PREFIX, poll_interval_s=settings.poll_interval_s, retry_delays_s=settings.retry_delays_s
     )
     service = Service(settings, topology=topology)
     await service.start(connect_attempts=10)
@@ -272,6 +280,15 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``provisioner demo``."""
+    try:
+        from rich.console import Console
+    except ModuleNotFoundError:
+        print(
+            "provisioner demo: its live table needs rich, which the `demo` extra installs: "
+            "pip install 'do-db-provisioner[demo]' (make demo does)",
+            file=sys.stderr,
+        )
+        return 2
     log_path = Path(tempfile.gettempdir()) / f"provisioner-demo-{os.getpid()}.log"
     handler = logging.FileHandler(log_path)
     configure_logging("json", "INFO")

@@ -19,7 +19,8 @@ from typing import Final
 import msgspec
 import structlog
 
-from service.observability import configure_logging, register_secret
+from service.observability import configure_logging
+from service.redaction import register_secret
 from service.simulator.config import SimulatorConfig
 from service.simulator.server import STATS_PATH, Simulator
 
