@@ -81,7 +81,7 @@ async def measure(path: CommandPath, commands: int, warm: int) -> dict[str, obje
     config = SimulatorConfig(
         ready_after_s=3600, rate_limit_per_minute=UNLIMITED, rate_limit_per_hour=UNLIMITED
     )
-    topology = Topology(watch_delay_s=POLL_INTERVAL_S)
+    topology = Topology(poll_interval_s=POLL_INTERVAL_S)
     key = RESULT[path]
     out = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     dump = out / "callgrind.out"
