@@ -359,8 +359,11 @@ class ServiceProcess:
     Its log goes to a file in a temporary directory; ``start`` waits for ``/readyz``.
     """
 
-    def __init__(self, env: Mapping[str, str], name: str = "service") -> None:
+    def __init__(
+        self, env: Mapping[str, str], name: str = "service", wrapper: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
+        self._wrapper = tuple(wrapper)  # a command the service runs under (valgrind ...)
         self._env = {**os.environ, **env, "PROVISIONER_HTTP_PORT": str(self.port)}
         for token_variable in ("DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN_FILE"):
             self._env.pop(token_variable, None)
@@ -379,6 +382,7 @@ class ServiceProcess:
         """Spawn the service and wait until ``/readyz`` answers 200."""
         with self.log_path.open("wb") as log:
             self._process = await asyncio.create_subprocess_exec(
+                *self._wrapper,
                 *_provisioner_command(),
                 env=self._env,
                 stdin=subprocess.DEVNULL,

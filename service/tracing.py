@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -33,6 +34,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from structlog.typing import EventDict, WrappedLogger
 
 if TYPE_CHECKING:
@@ -82,12 +84,15 @@ class _HeaderGetter(Getter[Mapping[str, object]]):
 
 
 _GETTER: Final = _HeaderGetter()
+# W3C trace context, whatever OTEL_PROPAGATORS says: the ``traceparent`` an event carries in
+# its body (CloudEvents) and a watch in its own can only be the W3C one, so its headers are too.
+_W3C: Final = TraceContextTextMapPropagator()
 
 
 def context_from_headers(headers: Mapping[str, object]) -> otel_context.Context:
     """The trace context a message's headers carry (an empty one when they carry none, or
     only a malformed one)."""
-    return propagate.extract(headers, getter=_GETTER, context=otel_context.Context())
+    return _W3C.extract(headers, context=otel_context.Context(), getter=_GETTER)
 
 
 def context_from_traceparent(
@@ -102,19 +107,12 @@ def context_from_traceparent(
 
 def current_trace_headers() -> dict[str, str]:
     """The current trace context as message headers (``traceparent``, ``tracestate``)."""
+    span = trace.get_current_span()
+    if type(span) is _PassedSpan:
+        return dict(span.headers)
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _W3C.inject(carrier)
     return carrier
-
-
-def _made_up() -> SpanContext:
-    """A sampled-out span context with fresh ids: what the no-op API leaves absent."""
-    return SpanContext(
-        trace_id=random.getrandbits(128) or 1,
-        span_id=random.getrandbits(64) or 1,
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.DEFAULT),
-    )
 
 
 # A tracer provider of either kind records nothing: without the SDK the spans are skipped
@@ -127,54 +125,97 @@ def recording() -> bool:
     return not isinstance(trace.get_tracer_provider(), _NO_SDK)
 
 
-def _passed_on(parent: otel_context.Context | None) -> Iterator[Span]:
-    """What a span is without an SDK: the context it would continue, made current; a
-    made-up one where there is none, so that what the block publishes and logs still carries
-    one trace id."""
-    span = trace.get_current_span(parent)
-    if span.get_span_context().is_valid and parent is None:
-        yield span  # already current
-        return
-    if not span.get_span_context().is_valid:
-        span = NonRecordingSpan(_made_up())
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        yield span
-    finally:
-        otel_context.detach(token)
+_NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 
 
-@contextmanager
+class _PassedSpan(NonRecordingSpan):
+    """What a span is without an SDK: the context it continues (or a made-up one, sampled
+    out: nothing claims it was recorded), with what the publishes and log lines inside it
+    read of it formatted once, as the W3C propagator writes it."""
+
+    def __init__(self, context: SpanContext, trace_id: int, span_id: int, flags: int) -> None:
+        super().__init__(context)
+        self.trace_id = format(trace_id, "032x")
+        self.span_id = format(span_id, "016x")
+        self.headers = {"traceparent": f"00-{self.trace_id}-{self.span_id}-{flags:02x}"}
+
+    @classmethod
+    def continuing(cls, context: SpanContext) -> _PassedSpan:
+        """The span passing ``context`` on."""
+        span = cls(context, context.trace_id, context.span_id, context.trace_flags)
+        if context.trace_state:
+            span.headers["tracestate"] = context.trace_state.to_header()
+        return span
+
+    @classmethod
+    def made_up(cls) -> _PassedSpan:
+        """A span with fresh ids: what the no-op API leaves absent."""
+        trace_id = random.getrandbits(128) or 1
+        span_id = random.getrandbits(64) or 1
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_NOT_SAMPLED)
+        return cls(context, trace_id, span_id, _NOT_SAMPLED)
+
+
+class _PassedOn(AbstractContextManager[Span]):
+    """A span without an SDK: the context it would continue, made current; a made-up one
+    where there is none, so that what the block publishes and logs still carries one trace
+    id."""
+
+    def __init__(self, parent: otel_context.Context | None) -> None:
+        self._parent = parent
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> Span:
+        found = trace.get_current_span(self._parent).get_span_context()
+        span = _PassedSpan.continuing(found) if found.is_valid else _PassedSpan.made_up()
+        self._token = otel_context.attach(trace.set_span_in_context(span, self._parent))
+        return span
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+
+
 def messaging_span(
     name: str,
     *,
     kind: SpanKind,
     parent: otel_context.Context | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A span (current inside the block), child of ``parent`` or of the current context."""
+    if parent is None:
+        current = trace.get_current_span()
+        if type(current) is _PassedSpan:
+            # Inside a span that found no SDK: the same context, and no more work (an SDK
+            # set up meanwhile records from the next message on).
+            return nullcontext(current)
     if not recording():
-        yield from _passed_on(parent)
-        return
-    with TRACER.start_as_current_span(
+        return _PassedOn(parent)
+    return _recorded(
         name,
         context=parent,
         kind=kind,
         attributes={**_MESSAGING, **(attributes or {})},
         record_exception=True,
         set_status_on_exception=True,
-    ) as span:
-        yield span
+    )
 
 
 @contextmanager
-def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
-    """A client span (an HTTP call) under the current context."""
-    if not recording():
-        yield from _passed_on(None)
-        return
-    with TRACER.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+def _recorded(name: str, **options: Any) -> Iterator[Span]:
+    with TRACER.start_as_current_span(name, **options) as span:
         yield span
+
+
+def client_span(name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Span]:
+    """A client span (an HTTP call) under the current context."""
+    current = trace.get_current_span()
+    if type(current) is _PassedSpan:
+        return nullcontext(current)
+    if not recording():
+        return _PassedOn(None)
+    return _recorded(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def watch_step_span(watch: WatchState) -> AbstractContextManager[Span]:
@@ -201,7 +242,12 @@ def set_error(span: Span, description: str) -> None:
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: the current ``trace_id`` and ``span_id``, when there is one."""
-    context = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    if type(span) is _PassedSpan:
+        event_dict.setdefault("trace_id", span.trace_id)
+        event_dict.setdefault("span_id", span.span_id)
+        return event_dict
+    context = span.get_span_context()
     if context.is_valid:
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))

@@ -351,10 +351,11 @@ class CommandConsumer(_Consumer):
             self._crashed()
             await self._return(message, "requeue")
             return
-        span.set_attribute("provisioner.outcome", outcome.outcome)
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        if isinstance(request_id, str):
-            span.set_attribute("provisioner.request_id", request_id)
+        if span.is_recording():  # not without an SDK: the attributes would go nowhere
+            span.set_attribute("provisioner.outcome", outcome.outcome)
+            request_id = structlog.contextvars.get_contextvars().get("request_id")
+            if isinstance(request_id, str):
+                span.set_attribute("provisioner.request_id", request_id)
         if outcome.disposition == "ack":
             self._acks.finished(message)
         else:

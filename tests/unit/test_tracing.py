@@ -5,14 +5,19 @@ tests/integration/test_tracing.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from service import tracing
 from service.provisioning.messages import WatchState
 from service.tracing import (
     add_trace_ids,
+    client_span,
     context_from_headers,
     context_from_traceparent,
     current_trace_headers,
@@ -74,6 +79,72 @@ def test_without_sdk_and_without_a_context_one_is_made_up_per_span() -> None:
     assert first != second
     assert first.endswith("-00")  # not sampled: nothing claims it was recorded
     assert current_trace_headers() == {}
+
+
+def test_without_sdk_a_producers_tracestate_passes_through_too() -> None:
+    parent = context_from_headers({"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=x"})
+    with (
+        messaging_span("q process", kind=SpanKind.CONSUMER, parent=parent),
+        client_span("POST create", {}),
+        messaging_span("e publish", kind=SpanKind.PRODUCER),
+    ):
+        headers = current_trace_headers()
+    assert headers == {"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=x"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"traceparent": TRACEPARENT, "tracestate": "v=1"}])
+def test_without_sdk_the_headers_are_what_the_w3c_propagator_writes(
+    headers: dict[str, str],
+) -> None:
+    with messaging_span("q process", kind=SpanKind.CONSUMER, parent=context_from_headers(headers)):
+        written: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(written)
+        assert current_trace_headers() == written
+        assert add_trace_ids(None, "info", {}) == {
+            "trace_id": written["traceparent"].split("-")[1],
+            "span_id": written["traceparent"].split("-")[2],
+        }
+
+
+_LATER_SDK = """
+import sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from service.tracing import client_span, context_from_headers, messaging_span
+
+def one():
+    parent = context_from_headers({"traceparent": sys.argv[1]})
+    with messaging_span("q process", kind=SpanKind.CONSUMER, parent=parent):
+        with client_span("POST create", {}):
+            pass
+
+one()  # before the SDK: nothing to record
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+one()
+spans = {s.name: s for s in exporter.get_finished_spans()}
+assert sorted(spans) == ["POST create", "q process"], sorted(spans)
+assert spans["POST create"].parent.span_id == spans["q process"].context.span_id
+assert format(spans["q process"].parent.span_id, "016x") == sys.argv[2]
+print("recorded")
+"""
+
+
+def test_an_sdk_set_up_after_the_first_messages_records_the_next() -> None:
+    # In a process of its own: a tracer provider can be set once per process.
+    result = subprocess.run(
+        [sys.executable, "-c", _LATER_SDK, TRACEPARENT, SPAN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "recorded"
 
 
 def test_a_watch_step_continues_the_trace_its_watch_carries() -> None:
