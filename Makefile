@@ -16,7 +16,7 @@ BUILD_LOCK := requirements/build.txt
 LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker prometheus node chaos \
+.PHONY: demo test test-latest lock lock-upgrade lint typecheck unit broker prometheus iptables node chaos \
 	chaos-cluster chaos-partition bench \
 	bench-quick image image-test clean
 
@@ -57,6 +57,10 @@ broker:
 prometheus:
 	scripts/ensure-prometheus.sh
 
+# iptables for the network-partition tests (installed with apt where root may).
+iptables:
+	scripts/ensure-iptables.sh
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -69,7 +73,7 @@ typecheck: $(INSTALLED)
 demo: $(INSTALLED) broker
 	$(BIN)/provisioner demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) broker prometheus lint typecheck image
+test: $(INSTALLED) $(NODE_INSTALLED) broker prometheus iptables lint typecheck image
 	PROVISIONER_IMAGE="$$(cat $(IMAGE_ID))" $(BIN)/pytest
 
 # The image, with docker or podman (podman installed with apt where neither is there), on the
@@ -83,7 +87,7 @@ image-test: $(INSTALLED) broker image
 
 # The whole test suite against the newest release of every Python and Node dependency, in a
 # throwaway copy of the working tree: an upgrade is a decision, not a surprise.
-test-latest: broker
+test-latest: broker prometheus iptables
 	scripts/test-latest.sh $(PYTHON)
 
 # The full chaos run (several replicas, faults, kills, broker cuts); `make test` runs a
@@ -95,7 +99,7 @@ chaos: $(INSTALLED) broker
 # and the command queue's leader cut off from the others for a while (iptables on the nodes'
 # own loopback addresses; needs root, else the partition is skipped with the reason printed).
 # `make test` runs a reduced one. chaos-partition is the same run, under its earlier name.
-chaos-cluster chaos-partition: $(INSTALLED) broker
+chaos-cluster chaos-partition: $(INSTALLED) broker iptables
 	$(BIN)/python -m tests.chaos.run --cluster --partition --requests 300 --replicas 3
 
 # Every benchmark at full size, then at --quick size; each prints a JSON line last.
