@@ -27,10 +27,8 @@ def _named_paths(rows: list[str]) -> list[Path]:
         base: Path | None = None
         for token in re.findall(r"`([^`]+)`", first_cell):
             path = Path(token.rstrip("/"))
-            if base is None or "/" in token.rstrip("/"):
-                resolved = path
-            else:
-                resolved = base.parent / path
+            beside = base is not None and "/" not in token.rstrip("/")
+            resolved = base.parent / path if beside and base is not None else path
             named.append(resolved)
             base = resolved if resolved.suffix else resolved / "_"
     return named
