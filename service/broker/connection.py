@@ -93,14 +93,18 @@ async def within(work: Awaitable[T], timeout_s: float) -> T:
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
     except asyncio.CancelledError:
-        task.cancel()
+        _abandon(task)
         raise
     if task not in done:
-        task.cancel()
-        # Whatever it raises on the way out is not news.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        _abandon(task)
         raise TimeoutError(f"no answer within {timeout_s:g} s")
     return task.result()
+
+
+def _abandon(task: asyncio.Future[T]) -> None:
+    task.cancel()
+    # Whatever it raises on the way out is not news.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def close_within(connection: AbstractConnection, timeout_s: float) -> None:

@@ -21,10 +21,10 @@ points. Three things follow:
   a copy that cannot be delivered is logged and counted, and never fails the request.
 
 A copy the broker does not confirm in time is sent again, up to ``COPY_ATTEMPTS`` times in
-all: a node cut off from the rest of its cluster still accepts connections and publishes but
-confirms nothing until it pauses, so after a timeout the copies move to a fresh connection that
-starts at the next address. A copy sent again may arrive twice; consumers drop the second by
-its event id, as they do for every event.
+all and within ``COPY_BUDGET_TIMEOUTS`` publish timeouts: a node cut off from the rest of its
+cluster still accepts connections and publishes but confirms nothing until it pauses, so after
+a timeout the copies move to a fresh connection that starts at the next address. A copy sent
+again may arrive twice; consumers drop the second by its event id, as they do for every event.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustChannel
 from aiormq.exceptions import ConnectionInternalError
 from yarl import URL
 
@@ -74,6 +74,9 @@ PROBERS: Final = 4096
 RECONNECT_INTERVAL_S: Final = 1.0
 # Sends of one copy, the first included; each waits at most a publish timeout for its confirm.
 COPY_ATTEMPTS: Final = 4
+# All the sends of one copy, and the switches between them, end within this many publish
+# timeouts: a copy is sent while its command is still unacked.
+COPY_BUDGET_TIMEOUTS: Final = 3
 
 # Erlang's external term format: a pid is tagged 'g' (PID_EXT: then 9 bytes of numbers) or 'X'
 # (NEW_PID_EXT: 12 bytes) and starts with its node's name as a UTF-8 atom, 'v' (2-byte length)
@@ -138,6 +141,10 @@ class ReplyCopies:
         self._switching = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
         self._timeout_s = timeout_s
+        # Every attempt of one copy together, switches included: the copy is sent while its
+        # command is held unacked, so it may cost that command a few timeouts, never minutes.
+        self._budget_s = COPY_BUDGET_TIMEOUTS * timeout_s
+        self._closed = False
         self._refuse = frozenset(refuse)
         self._refuse_prefixes = refuse_prefixes
         self._clock = clock
@@ -160,6 +167,7 @@ class ReplyCopies:
 
     async def close(self) -> None:
         """Close it (and any connection a switch left behind)."""
+        self._closed = True
         if self._connection is not None:
             await close_within(self._connection, self._timeout_s)
         if self._retired:
@@ -201,17 +209,26 @@ class ReplyCopies:
                 return
             try:
                 channel = await within(fresh.channel(publisher_confirms=True), self._timeout_s)
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: the fresh connection must not linger
+                self._retire(fresh)
+                if not isinstance(exc, Exception):
+                    raise
                 log.warning("reply_copies_switch_failed", error=repr(exc))
-                await close_within(fresh, self._timeout_s)
+                return
+            if self._closed:  # closed while switching: nothing may outlive close()
+                self._retire(fresh)
                 return
             self._connection, self._channel = fresh, channel
             self._generation += 1
             log.info("reply_copies_switched", to=self.node)
             if old is not None:
-                retired = asyncio.create_task(close_within(old, self._timeout_s))
-                self._retired.add(retired)
-                retired.add_done_callback(self._retired.discard)
+                self._retire(old)
+
+    def _retire(self, connection: AbstractConnection) -> None:
+        """Close ``connection`` in the background (``close`` waits for it)."""
+        retired = asyncio.create_task(close_within(connection, self._timeout_s))
+        self._retired.add(retired)
+        retired.add_done_callback(self._retired.discard)
 
     async def send(
         self, message: aio_pika.Message, reply_to: str, producer: str | None = None
@@ -242,16 +259,17 @@ class ReplyCopies:
         return await self._send_retried(message, reply_to)
 
     async def _send_retried(self, message: aio_pika.Message, reply_to: str) -> ReplyOutcome:
-        """Send until the broker confirms, ``attempts`` times at most. A cut connection is
-        waited for (the robust channel comes back); a missing confirm moves the copies to a
-        fresh connection first."""
+        """Send until the broker confirms, ``attempts`` times at most and within the copy's
+        budget. A cut connection is waited for (the robust channel comes back); a missing
+        confirm moves the copies to a fresh connection first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_s
         for attempt in range(1, self._attempts + 1):
             generation = self._generation
             try:
-                await self._ready()
-                await self._publish(self._channel, message, reply_to)
+                await within(self._attempt(message, reply_to), deadline - loop.time())
             except Exception as exc:
-                if attempt == self._attempts:
+                if attempt == self._attempts or loop.time() >= deadline:
                     log.warning(
                         "reply_copy_failed",
                         reply_to=reply_to[:128],
@@ -269,16 +287,21 @@ class ReplyCopies:
                 if self._on_retry is not None:
                     self._on_retry()
                 if isinstance(exc, TimeoutError):
-                    await self._switch(generation)
+                    with contextlib.suppress(TimeoutError):
+                        await within(self._switch(generation), deadline - loop.time())
                 continue
             return "sent"
         raise AssertionError("unreachable")
+
+    async def _attempt(self, message: aio_pika.Message, reply_to: str) -> None:
+        await self._ready()
+        await self._publish(self._channel, message, reply_to)
 
     async def _ready(self) -> None:
         """Wait (at most the timeout) while the robust channel is being restored."""
         channel = self._channel
         if channel is not None and channel.is_closed and isinstance(channel, AbstractRobustChannel):
-            await asyncio.wait_for(channel.ready(), self._timeout_s)
+            await within(channel.ready(), self._timeout_s)
 
     async def _probe(
         self, message: aio_pika.Message, reply_to: str, node: str, producer: str

@@ -3,11 +3,15 @@ writes it, so a name nobody's broker could have written is refused before it is 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from typing import cast
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractChannel
 
-from service.broker.replies import direct_reply_node
+from service.broker.replies import COPY_BUDGET_TIMEOUTS, ReplyCopies, direct_reply_node
 
 # Written by RabbitMQ 3.10 (NEW_PID_EXT with a "reply@<hash>" node), as a consumer of
 # amq.rabbitmq.reply-to saw it.
@@ -62,3 +66,41 @@ def test_every_shape_the_broker_writes_is_read(encoded: str, node: str) -> None:
 )
 def test_anything_else_is_no_direct_reply_name(reply_to: str) -> None:
     assert direct_reply_node(reply_to) is None
+
+
+class _Unconfirmed:
+    """A channel whose broker never confirms: each publish times out after its timeout, as
+    aio-pika's does on a node cut off from its cluster."""
+
+    def __init__(self) -> None:
+        self.default_exchange = self
+        self.is_closed = False
+        self.publishes = 0
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, mandatory: bool, timeout: float
+    ) -> None:
+        self.publishes += 1
+        await asyncio.wait_for(asyncio.Event().wait(), timeout)
+
+
+async def test_a_copy_that_is_never_confirmed_gives_up_within_its_budget() -> None:
+    """The copy is sent while its command is unacked: retries and switches to other nodes
+    (here: a switch that never gets an answer) must not hold that command for minutes."""
+    copies = ReplyCopies(["amqp://a/", "amqp://b/"], timeout_s=0.05, order="listed")
+    channel = _Unconfirmed()
+    copies._channel = cast(AbstractChannel, channel)
+    switches = 0
+
+    async def switch_to_a_silent_node(generation: int) -> None:
+        nonlocal switches
+        switches += 1
+        await asyncio.Event().wait()
+
+    copies._switch = switch_to_a_silent_node  # type: ignore[method-assign]
+    budget = COPY_BUDGET_TIMEOUTS * 0.05
+    outcome = await asyncio.wait_for(
+        copies.send(aio_pika.Message(b"{}"), "replies-of-p"), timeout=20 * budget
+    )
+    assert outcome == "failed"
+    assert channel.publishes >= 1 and switches >= 1
