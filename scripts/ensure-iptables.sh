@@ -23,7 +23,7 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iptables
     echo "iptables: $(iptables --version 2>&1 | head -n 1)"
 else
-    echo "iptables: not installed, and there is no apt-get to install it with." >&2
-    echo "Install your distribution's iptables package, then run make test again." >&2
-    exit 1
+    echo "iptables: not installed, and there is no apt-get to install it with: the partition" >&2
+    echo "tests will be skipped. To run them, install your distribution's iptables package." >&2
+    exit 0
 fi

@@ -26,7 +26,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from contracts.digitalocean import (
     CaCertificate,
@@ -81,8 +81,10 @@ BROKER_SETUP_TIMEOUT_S: Final = 30.0
 # How long a close of the broker connection may take before it is left behind.
 CLOSE_TIMEOUT_S: Final = 5.0
 # After the shutdown grace: the longest the rest of a stop may take before the process exits
-# anyway (with 1, and a log line saying so).
-STOP_MARGIN_S: Final = 15.0
+# anyway (with 1, and a log line saying so). Above the sum of the stop's own bounds on a broker
+# that answers nothing (consumer cancels, the drain, channel and connection closes, the reply
+# copies' connections: about 50 s), so a stop that keeps its bounds is never cut short.
+STOP_MARGIN_S: Final = 60.0
 
 
 class SecretRegisteringApi:
@@ -231,6 +233,9 @@ class Service:
             these = rotated(addresses, attempt - 1)
             # Waits while no node answers (or raises after ``connect_attempts`` addresses).
             await self._connect(these, connect_attempts)
+            if self._stopping:  # stopped while connecting: what stop() closed stays closed
+                await self._discard_broker()
+                raise asyncio.CancelledError
             setup = asyncio.ensure_future(self._set_up_broker(these))
             try:
                 await within(setup, self._broker_setup_timeout_s)
@@ -244,7 +249,7 @@ class Service:
                 log.warning(
                     "broker_setup_failed",
                     attempt=attempt,
-                    error=repr(exc)[:300],
+                    error=repr(exc),
                     retry_in_s=round(wait_s, 2),
                 )
                 self.metrics.count_broker_setup_restart()
@@ -273,14 +278,14 @@ class Service:
         connection = self._connection
         return None if connection is None else f"{connection.url.host}:{connection.url.port}"
 
-    async def _discard_broker(self, setup: asyncio.Future[None]) -> None:
+    async def _discard_broker(self, setup: asyncio.Future[None] | None = None) -> None:
         """Close what a failed broker setup opened (each close bounded), so that the next
         attempt starts afresh."""
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close_callbacks.discard(self._on_connection_lost)
             await close_within(connection, CLOSE_TIMEOUT_S)
-        if not setup.done():
+        if setup is not None and not setup.done():
             # With its connection closed, what it waits for fails; if it does not end, it is
             # left behind (it cannot open anything more: see _set_up_broker).
             await asyncio.wait({setup}, timeout=CLOSE_TIMEOUT_S)
@@ -315,6 +320,7 @@ class Service:
             on_retry=self.metrics.count_reply_copy_retry,
         )
         await self._replies.start()
+        self._still_current(connection)
         publisher = RabbitPublisher(
             publish_channel,
             self.topology,
@@ -391,8 +397,16 @@ class Service:
             on_in_flight=self.metrics.watches_in_flight.set,
             metrics=self.metrics,
         )
+        self._still_current(connection)
         await self._watches.start()
+        self._still_current(connection)
         await self._commands.start()
+
+    def _still_current(self, connection: AbstractRobustConnection) -> None:
+        """A setup given up (timed out, its connection discarded) or overtaken by a stop must
+        not start anything more: raise instead."""
+        if self._connection is not connection or self._stopping:
+            raise ConnectionError("the broker setup was given up")
 
     async def stop(self) -> None:
         """Stop consuming, drain for the grace period, close everything."""
