@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -37,9 +37,6 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from structlog.typing import EventDict, WrappedLogger
 
-if TYPE_CHECKING:
-    from service.provisioning.messages import WatchState
-
 __all__ = [
     "TRACER",
     "TRACE_HEADERS",
@@ -52,7 +49,6 @@ __all__ = [
     "messaging_span",
     "recording",
     "shutdown_tracing",
-    "watch_step_span",
 ]
 
 TRACER: Final = trace.get_tracer("do-db-provisioner")
@@ -216,23 +212,6 @@ def client_span(name: str, attributes: Mapping[str, Any]) -> AbstractContextMana
     if not recording():
         return _PassedOn(None)
     return _recorded(name, kind=SpanKind.CLIENT, attributes=attributes)
-
-
-def watch_step_span(watch: WatchState) -> AbstractContextManager[Span]:
-    """The span of one watch step: a child of the command's span the watch carries."""
-    return messaging_span(
-        "provisioner.watch process",
-        kind=SpanKind.CONSUMER,
-        parent=context_from_traceparent(watch.traceparent, watch.tracestate),
-        attributes={
-            "messaging.operation.type": "process",
-            "messaging.destination.name": "provisioner.watch",
-            "provisioner.request_id": watch.request_id,
-            "provisioner.cluster_id": watch.cluster_id,
-            "provisioner.phase": watch.phase,
-            "provisioner.status": watch.status or "",
-        },
-    )
 
 
 def set_error(span: Span, description: str) -> None:

@@ -12,15 +12,18 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Final
 
 import msgspec
 import structlog
+from opentelemetry.trace import Span, SpanKind
 
 from contracts.digitalocean import (
     DatabaseCluster,
 )
 from contracts.events import ApiErrorDetail, Event, FailureReason
+from contracts.names import WATCH_QUEUE
 from service.digitalocean.errors import (
     ApiError,
     NotFound,
@@ -43,7 +46,7 @@ from service.provisioning.messages import WatchState
 from service.provisioning.outcomes import WatchOutcome
 from service.provisioning.ports import ClusterApi, EventBus, WorkQueues
 from service.provisioning.snapshot import ClusterSnapshot
-from service.tracing import watch_step_span
+from service.tracing import context_from_traceparent, messaging_span
 
 __all__ = ["WatchHandler", "WatchOutcome", "due_after"]
 
@@ -71,6 +74,23 @@ def _routine(watch: WatchState, listed: Listed | None) -> bool:
         return False
     seen = listed.get(watch.cluster_id) if listed is not None else None
     return seen is None or seen[0] in (None, watch.status)
+
+
+def watch_step_span(watch: WatchState) -> AbstractContextManager[Span]:
+    """The span of one watch step: a child of the command's span the watch carries."""
+    return messaging_span(
+        f"{WATCH_QUEUE} process",
+        kind=SpanKind.CONSUMER,
+        parent=context_from_traceparent(watch.traceparent, watch.tracestate),
+        attributes={
+            "messaging.operation.type": "process",
+            "messaging.destination.name": WATCH_QUEUE,
+            "provisioner.request_id": watch.request_id,
+            "provisioner.cluster_id": watch.cluster_id,
+            "provisioner.phase": watch.phase,
+            "provisioner.status": watch.status or "",
+        },
+    )
 
 
 class WatchHandler:

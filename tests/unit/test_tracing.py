@@ -15,6 +15,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from service import tracing
 from service.provisioning.messages import WatchState
+from service.provisioning.watch import watch_step_span
 from service.tracing import (
     add_trace_ids,
     client_span,
@@ -22,7 +23,6 @@ from service.tracing import (
     context_from_traceparent,
     current_trace_headers,
     messaging_span,
-    watch_step_span,
 )
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
