@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Final, TypeVar
 
 import structlog
@@ -169,71 +170,76 @@ class Finisher:
         from (with the passwords had so far), ``NoCredentials`` when DigitalOcean shows no
         password even for a reset.
 
-        One cluster is finished by one step at a time in this process (and a cluster has one
-        watch): DigitalOcean fails concurrent user creations on one cluster with a 5xx."""
+        The caller holds :meth:`hold` for the cluster around this and the announcement."""
         kept = self._seal.open(watch.kept)
         reset = False
         budget = _Budget(time.monotonic() + self._budget_s)
         step = "get_cluster"
         cluster_id = watch.cluster_id
         wanted = [u.name for u in watch.users]
-        async with self._finishing.hold(cluster_id):
-            try:
-                if cluster is None or watch.users or watch.db_names:
-                    cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
-                have_users = {u.name for u in cluster.users or []}
-                have_dbs = set(cluster.db_names or [])
-                existing = [name for name in wanted if name in have_users]
-                if missing_passwords(cluster, existing, kept):
-                    # Before touching anything: another watch of this cluster, if there is
-                    # one, holds the POST answers and finishes the cluster meanwhile.
-                    self._reset_later(watch, kept)
-                changed = False
-                fresh: set[str] = set()  # passwords from this step's own POST answers
-                for user in watch.users:
-                    if user.name not in have_users:
-                        step = f"add_user:{user.name}"
-                        created = await budget.call(step, self._add_user(cluster_id, user))
-                        if created is not None and created.password:
-                            kept[user.name] = created.password
-                            fresh.add(user.name)
-                        changed = True
-                for name in watch.db_names:
-                    if name not in have_dbs:
-                        step = f"add_database:{name}"
-                        await budget.call(step, self._add_database(cluster_id, name))
-                        changed = True
-                if changed:  # the users' passwords come with the cluster (but MongoDB's)
-                    step = "get_cluster"
-                    cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
-                if missing_passwords(cluster, wanted, kept):
-                    self._reset_later(watch, kept)
-                    # Shown by no answer this watch kept (an adopted MongoDB cluster, a lost
-                    # answer): a reset is the only way to a working password. Every password
-                    # the cluster does not show is reset together (but those this step just
-                    # got), so that the announcement holds none that another watch of the
-                    # same cluster may have reset since this one kept it.
-                    for name in missing_passwords(cluster, wanted, {}):
-                        if name in fresh:
-                            continue
-                        step = f"reset_auth:{name}"
-                        again = await budget.call(step, self._reset(cluster_id, name))
-                        reset = True
-                        kept.pop(name, None)
-                        if again.password:
-                            kept[name] = again.password
-                empty = missing_passwords(cluster, wanted, kept)
-                if empty:
-                    raise NoCredentials(step, empty)
-                step = "get_ca"
-                ca = await budget.call(step, lambda: self._api.get_ca(cluster_id))
-            except Forbidden as exc:
-                if step.startswith("reset_auth:"):
-                    raise NoCredentials(step, [step.partition(":")[2]], exc) from exc
-                raise StepFailed(step, exc, kept, reset) from exc
-            except ApiError as exc:
-                raise StepFailed(step, exc, kept, reset) from exc
+        try:
+            if cluster is None or watch.users or watch.db_names:
+                cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
+            have_users = {u.name for u in cluster.users or []}
+            have_dbs = set(cluster.db_names or [])
+            existing = [name for name in wanted if name in have_users]
+            if missing_passwords(cluster, existing, kept):
+                # Before touching anything: another watch of this cluster, if there is
+                # one, holds the POST answers and finishes the cluster meanwhile.
+                self._reset_later(watch, kept)
+            changed = False
+            fresh: set[str] = set()  # passwords from this step's own POST answers
+            for user in watch.users:
+                if user.name not in have_users:
+                    step = f"add_user:{user.name}"
+                    created = await budget.call(step, self._add_user(cluster_id, user))
+                    if created is not None and created.password:
+                        kept[user.name] = created.password
+                        fresh.add(user.name)
+                    changed = True
+            for name in watch.db_names:
+                if name not in have_dbs:
+                    step = f"add_database:{name}"
+                    await budget.call(step, self._add_database(cluster_id, name))
+                    changed = True
+            if changed:  # the users' passwords come with the cluster (but MongoDB's)
+                step = "get_cluster"
+                cluster = await budget.call(step, lambda: self._api.get_cluster(cluster_id))
+            if missing_passwords(cluster, wanted, kept):
+                self._reset_later(watch, kept)
+                # Shown by no answer this watch kept (an adopted MongoDB cluster, a lost
+                # answer): a reset is the only way to a working password. Every password
+                # the cluster does not show is reset together (but those this step just
+                # got), so that the announcement holds none that another watch of the
+                # same cluster may have reset since this one kept it.
+                for name in missing_passwords(cluster, wanted, {}):
+                    if name in fresh:
+                        continue
+                    step = f"reset_auth:{name}"
+                    again = await budget.call(step, self._reset(cluster_id, name))
+                    reset = True
+                    kept.pop(name, None)
+                    if again.password:
+                        kept[name] = again.password
+            empty = missing_passwords(cluster, wanted, kept)
+            if empty:
+                raise NoCredentials(step, empty)
+            step = "get_ca"
+            ca = await budget.call(step, lambda: self._api.get_ca(cluster_id))
+        except Forbidden as exc:
+            if step.startswith("reset_auth:"):
+                raise NoCredentials(step, [step.partition(":")[2]], exc) from exc
+            raise StepFailed(step, exc, kept, reset) from exc
+        except ApiError as exc:
+            raise StepFailed(step, exc, kept, reset) from exc
         return Finished(with_passwords(cluster, kept), ca, kept, reset)
+
+    def hold(self, cluster_id: str) -> AbstractAsyncContextManager[None]:
+        """One finishing of ``cluster_id`` at a time in this process, from its first step to
+        its announcement: DigitalOcean fails concurrent user creations on one cluster with a
+        5xx, and a password reset by another watch of the cluster must not come between this
+        one's reset and its announcement (the latest announcement is the one that works)."""
+        return self._finishing.hold(cluster_id)
 
     def _reset_later(self, watch: WatchState, kept: dict[str, str]) -> None:
         """Raise ``ResetLater`` unless the watch has lacked a password for the grace."""

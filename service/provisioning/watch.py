@@ -276,7 +276,19 @@ class WatchHandler:
     ) -> WatchOutcome:
         """Create the requested users and databases, make sure of every password, fetch the
         CA, announce the details; nothing goes out before ``after`` (the event announcing
-        ``online``) is confirmed."""
+        ``online``) is confirmed. The cluster is held from the first step to the
+        announcement (``Finisher.hold``)."""
+        async with self._finisher.hold(watch.cluster_id):
+            return await self._finish_held(watch, cluster, due, after=after)
+
+    async def _finish_held(
+        self,
+        watch: WatchState,
+        cluster: DatabaseCluster | None,
+        due: float | None,
+        *,
+        after: asyncio.Task[None] | None = None,
+    ) -> WatchOutcome:
         details: Finished | StepFailed | NoCredentials | ResetLater
         try:
             details = await self._finisher.details(watch, cluster)

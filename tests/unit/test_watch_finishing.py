@@ -21,7 +21,7 @@ from contracts.digitalocean import (
     DatabaseUser,
     DatabaseUserCreate,
 )
-from contracts.events import ConnectionReady, Failed, event_id
+from contracts.events import ConnectionReady, Event, Failed, event_id
 from service.digitalocean.errors import NotFound, Unprocessable
 from service.provisioning.credentials import CredentialSeal
 from service.provisioning.events import EventFactory
@@ -258,3 +258,43 @@ async def test_empty_passwords_even_after_a_reset_fail_naming_a_read_only_token(
     assert failed.data.reason == "credentials_unavailable"
     assert "read-only token" in failed.data.message
     assert failed.data.cluster_id == CLUSTER_ID
+
+
+class SlowFirstAnnouncement(Recorded):
+    """Events published as given, but the first ``connection_ready`` takes its time: it
+    lets every other task run (up to a bound) before it goes out, as a publish waiting for
+    its confirm does."""
+
+    def __init__(self, api: HidingApi) -> None:
+        super().__init__()
+        self._api = api
+        self._slowed = False
+
+    async def publish(
+        self, event: Event, *, reply_to: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        if isinstance(event, ConnectionReady) and not self._slowed:
+            self._slowed = True
+            resets = self._api.calls.count("reset_auth:doadmin")
+            for _ in range(200):  # room for another watch's whole finishing
+                if self._api.calls.count("reset_auth:doadmin") > resets:
+                    break
+                await asyncio.sleep(0)
+        await super().publish(event, reply_to=reply_to, correlation_id=correlation_id)
+
+
+async def test_the_latest_announcement_carries_the_passwords_that_work() -> None:
+    """Two watches of one cluster both reset its hidden password: the second reset may not
+    come between the first's reset and its announcement, else the announcement that arrives
+    last would carry a password the second reset had already replaced."""
+    api, clock = HidingApi(), Clock()
+    recorded = SlowFirstAnnouncement(api)
+    long_missing = clock.now - 120.0
+    watches = [finishing([], missing_since=long_missing) for _ in range(2)]
+    work = handler(api, recorded, reset_grace_s=60.0, wall=clock)
+    outcomes = await work.handle_batch(watches)
+    assert [o.outcome for o in outcomes] == ["ready", "ready"]
+    assert api.calls.count("reset_auth:doadmin") == 2
+    first, latest = [e for e in recorded.events if isinstance(e, ConnectionReady)]
+    assert passwords_of(first) != passwords_of(latest)
+    assert passwords_of(latest) == api.passwords
