@@ -77,6 +77,9 @@ COPY_ATTEMPTS: Final = 4
 # All the sends of one copy, and the switches between them, end within this many publish
 # timeouts: a copy is sent while its command is still unacked.
 COPY_BUDGET_TIMEOUTS: Final = 3
+# Before the next send after a refusal (a nack while the queue's leader is being elected, a cut
+# connection): the first pause; it doubles after each, within the budget.
+COPY_RETRY_PAUSE_S: Final = 0.25
 
 # Erlang's external term format: a pid is tagged 'g' (PID_EXT: then 9 bytes of numbers) or 'X'
 # (NEW_PID_EXT: 12 bytes) and starts with its node's name as a UTF-8 atom, 'v' (2-byte length)
@@ -289,6 +292,11 @@ class ReplyCopies:
                 if isinstance(exc, TimeoutError):
                     with contextlib.suppress(TimeoutError):
                         await within(self._switch(generation), deadline - loop.time())
+                else:
+                    # A refusal comes back at once; a queue between two leaders refuses for
+                    # about a second, so the next send waits (all within the budget).
+                    pause = COPY_RETRY_PAUSE_S * 2 ** (attempt - 1)
+                    await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
                 continue
             return "sent"
         raise AssertionError("unreachable")

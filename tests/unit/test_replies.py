@@ -10,8 +10,14 @@ from typing import cast
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
+from pamqp.commands import Basic
 
-from service.broker.replies import COPY_BUDGET_TIMEOUTS, ReplyCopies, direct_reply_node
+from service.broker.replies import (
+    COPY_BUDGET_TIMEOUTS,
+    COPY_RETRY_PAUSE_S,
+    ReplyCopies,
+    direct_reply_node,
+)
 
 # Written by RabbitMQ 3.10 (NEW_PID_EXT with a "reply@<hash>" node), as a consumer of
 # amq.rabbitmq.reply-to saw it.
@@ -104,3 +110,39 @@ async def test_a_copy_that_is_never_confirmed_gives_up_within_its_budget() -> No
     )
     assert outcome == "failed"
     assert channel.publishes >= 1 and switches >= 1
+
+
+class _NackedAtFirst(_Unconfirmed):
+    """A channel whose broker refuses the first sends at once (a nack, as from a quorum queue
+    between two leaders), then confirms."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, mandatory: bool, timeout: float
+    ) -> None:
+        self.publishes += 1
+        if self.publishes <= self.refusals:
+            raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=self.publishes))
+
+
+async def test_a_copy_refused_at_once_is_sent_again_after_a_pause_not_in_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four sends within a few milliseconds would all meet the same leader election: the
+    sends after a refusal wait, so the copy outlasts a refusal of that length."""
+    copies = ReplyCopies(["amqp://a/"], timeout_s=10.0, order="listed")
+    channel = _NackedAtFirst(refusals=3)
+    copies._channel = cast(AbstractChannel, channel)
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr("service.broker.replies.asyncio.sleep", pause)
+    outcome = await copies.send(aio_pika.Message(b"{}"), "replies-of-p")
+    assert outcome == "sent"
+    assert channel.publishes == 4
+    assert pauses == [COPY_RETRY_PAUSE_S, 2 * COPY_RETRY_PAUSE_S, 4 * COPY_RETRY_PAUSE_S]
