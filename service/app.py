@@ -308,8 +308,7 @@ class Service:
         watch_channel = await connection.channel()
         self._channels = [publish_channel, command_channel, watch_channel]
         own = self.topology
-        if self._connection is not connection:
-            raise ConnectionError("the broker setup was given up")
+        self._still_current(connection)
         self._replies = ReplyCopies(
             addresses,
             order="listed",
