@@ -258,6 +258,11 @@ class ProvisionerMetrics:
         """A handler of ``consumer`` raised; its message went back to its queue."""
         self.handler_crashes.labels(consumer).inc()
 
+    def count_handlers_stopped(self, consumer: Consumer, handlers: int) -> None:
+        """``handlers`` of ``consumer`` were cancelled: their channel was lost, and their
+        messages are redelivered."""
+        self.handlers_stopped.labels(consumer).inc(handlers)
+
     def count_parked(self, reason: ParkReason) -> None:
         """A bad command was parked for ``reason`` (``parking_full``: it could not be)."""
         if reason not in _PARK_REASONS:
@@ -354,6 +359,16 @@ class ProvisionerMetrics:
                 "provisioner_handler_crashes",
                 "Handler runs that raised; their messages went back to the queue (whose "
                 "delivery limit dead-letters a message that keeps failing), by consumer.",
+                ["consumer"],
+                registry=r,
+            ),
+            max_series=len(_CONSUMERS),
+        )
+        self.handlers_stopped = Bounded(
+            Counter(
+                "provisioner_handlers_stopped",
+                "Handler runs cancelled because the channel their message came on was lost "
+                "(the broker redelivers the message, perhaps to another replica), by consumer.",
                 ["consumer"],
                 registry=r,
             ),
@@ -456,6 +471,7 @@ class ProvisionerMetrics:
         # rate() and alerts work before the first crash or park.
         for consumer in _CONSUMERS:
             self.handler_crashes.labels(consumer)
+            self.handlers_stopped.labels(consumer)
             self.undecodable_messages.labels(consumer)
         for reason in _PARK_REASONS:
             self.messages_parked.labels(reason)

@@ -84,6 +84,13 @@ def _channel_of(message: AbstractIncomingMessage) -> object | None:
         return None
 
 
+def _lost(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is closed: the broker has put it back in the
+    queue, and another consumer may have it already."""
+    channel = _channel_of(message)
+    return channel is None or bool(getattr(channel, "is_closed", True))
+
+
 class AckBatcher:
     """Acks the finished deliveries of one consumer together, once per turn of the loop.
 
@@ -180,7 +187,14 @@ _CANCEL_TIMEOUT_S: Final = 2.0
 
 
 class _Consumer:
-    """Starts, stops and drains one queue's consumer."""
+    """Starts, stops and drains one queue's consumer.
+
+    When the channel closes under it (its connection cut, its node lost), the handlers still
+    working on that channel's messages are cancelled: the broker has put those messages back
+    and may have given them to another replica already, and two replicas working one watch
+    at once would both finish its cluster (for MongoDB, each resetting the passwords the
+    other announces). Their work is done again from the redelivered copy.
+    """
 
     name: Consumer
 
@@ -199,8 +213,10 @@ class _Consumer:
         self._delivery_limit = limit if isinstance(limit, int) else None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # handler task -> the messages it works on
+        self._tasks: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, ...]] = {}
         self._acks = AckBatcher()
+        channel.close_callbacks.add(self._on_channel_closed)
 
     @property
     def consuming(self) -> bool:
@@ -277,10 +293,27 @@ class _Consumer:
         if self._metrics is not None:
             self._metrics.count_undecodable(self.name)
 
-    def _track(self, coro: Awaitable[None]) -> None:
+    def _track(self, coro: Awaitable[None], *messages: AbstractIncomingMessage) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = messages
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
+
+    def _on_channel_closed(self, _channel: object, _exc: BaseException | None = None) -> None:
+        """Cancel the handlers of messages whose channel is gone (see the class doc)."""
+        stopped = [
+            task
+            for task, messages in self._tasks.items()
+            if not task.done() and any(_lost(m) for m in messages)
+        ]
+        for task in stopped:
+            task.cancel()
+        if stopped:
+            log.warning("handlers_stopped_channel_lost", consumer=self.name, handlers=len(stopped))
+            if self._metrics is not None:
+                self._metrics.count_handlers_stopped(self.name, len(stopped))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         raise NotImplementedError
@@ -317,7 +350,7 @@ class CommandConsumer(_Consumer):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
-        self._track(self._handle(message))
+        self._track(self._handle(message), message)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
@@ -440,7 +473,12 @@ class WatchConsumer(_Consumer):
             self._flush_timer = None
         batch, self._buffer = self._buffer, []
         if batch:
-            self._track(self._handle(batch))
+            self._track(self._handle(batch), *(m for m, _ in batch))
+
+    def _on_channel_closed(self, channel: object, exc: BaseException | None = None) -> None:
+        # Buffered watches of the lost channel are back in the queue too: not a batch.
+        self._buffer = [(m, w) for m, w in self._buffer if not _lost(m)]
+        super()._on_channel_closed(channel, exc)
 
     async def drain(self, grace_s: float) -> int:
         """Hand buffered watches to a batch first, then drain as usual."""

@@ -175,6 +175,7 @@ def test_provisioner_metrics_expose_every_named_family_with_prefix() -> None:
         "provisioner_event_publish_seconds": "histogram",
         "provisioner_events_published_total": "counter",
         "provisioner_handler_crashes_total": "counter",
+        "provisioner_handlers_stopped_total": "counter",
         "provisioner_messages_parked_total": "counter",
         "provisioner_messages_dead_lettered_total": "counter",
         "provisioner_undecodable_messages_total": "counter",
@@ -288,6 +289,7 @@ def test_robustness_series_are_there_from_the_start_and_count() -> None:
         )
     metrics.count_parked("too_large")
     metrics.count_handler_crash("watches")
+    metrics.count_handlers_stopped("watches", 3)
     metrics.count_dead_lettered("provisioner.requests", "delivery_limit")
     metrics.count_undecodable("commands")
     metrics.count_connection_drop()
@@ -307,6 +309,8 @@ def test_robustness_series_are_there_from_the_start_and_count() -> None:
 
     assert value("provisioner_messages_parked_total", reason="too_large") == 1
     assert value("provisioner_handler_crashes_total", consumer="watches") == 1
+    assert value("provisioner_handlers_stopped_total", consumer="watches") == 3
+    assert value("provisioner_handlers_stopped_total", consumer="commands") == 0
     assert (
         value(
             "provisioner_messages_dead_lettered_total",
