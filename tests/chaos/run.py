@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -61,6 +62,20 @@ from tests.chaos.verdict import (
 from tests.fixtures import rabbitmqctl
 from tests.fixtures.rabbitmq_node import NodeError
 from tests.fixtures.replicas import Replica, ReplicaError
+
+_STOPPED_COUNT: Final = re.compile(rb'"handlers": ?(\d+)|handlers=(\d+)')
+
+
+def _handlers_stopped(log: bytes) -> int:
+    """The handlers a replica's log says it cancelled because their channel was lost."""
+    total = 0
+    for line in log.splitlines():
+        if b"handlers_stopped_channel_lost" in line:
+            match = _STOPPED_COUNT.search(line)
+            if match is not None:
+                total += int(match.group(1) or match.group(2))
+    return total
+
 
 __all__ = ["ChaosRun", "Schedule", "main", "schedule_for"]
 
@@ -721,10 +736,13 @@ class ChaosRun:
                     found.add(body[0] if body else user.access_key)
         return found
 
-    def _scan_logs(self, secrets_: set[str]) -> tuple[dict[str, int], int, int]:
+    def _scan_logs(self, secrets_: set[str]) -> tuple[dict[str, int], int, int, int]:
+        """Secrets found per log file, the bytes and files read, and the handlers the
+        replicas stopped because their channel was lost."""
         logs = sorted(self.workdir.glob("*.log"))
         found: dict[str, int] = {}
         size = 0
+        stopped = 0
         needles = [s.encode() for s in secrets_]
         for path in logs:
             text = path.read_bytes()
@@ -732,7 +750,8 @@ class ChaosRun:
             hits = sum(1 for needle in needles if needle in text)
             if hits:
                 found[path.name] = hits
-        return found, size, len(logs)
+            stopped += _handlers_stopped(text)
+        return found, size, len(logs), stopped
 
     # --- the run -----------------------------------------------------------------------
 
@@ -792,7 +811,7 @@ class ChaosRun:
         self.events.refresh()
         stats = self.simulator.stats()
         secrets_ = self._secrets()
-        found, size, files = self._scan_logs(secrets_)
+        found, size, files, stopped = self._scan_logs(secrets_)
         evidence = Evidence(
             plan=self.plan,
             events=self.events.lines,
@@ -812,6 +831,7 @@ class ChaosRun:
             secrets_found=found,
             log_bytes=size,
             log_files=files,
+            handlers_stopped=stopped,
         )
         return judge(evidence)
 

@@ -123,6 +123,8 @@ class Evidence(Struct, kw_only=True):
     """Log file name -> distinct secrets found in it."""
     log_bytes: int
     log_files: int
+    handlers_stopped: int = 0
+    """Handlers the replicas cancelled because the channel of their message was lost."""
 
 
 class Verdict(Struct, kw_only=True):
@@ -399,6 +401,8 @@ def judge(evidence: Evidence) -> Verdict:
         "(the latest carries the passwords that work; not a failure)",
         f"status_changed events beyond null->creating->online: {extra_transitions} "
         "(adoptions announcing a cluster again; not a failure)",
+        f"handlers stopped when their channel was lost: {evidence.handlers_stopped} "
+        "(their messages were redelivered; not a failure)",
     ]
     if counts.nodes:
         elections = counts.leader_elections_s
