@@ -22,6 +22,7 @@ PostgreSQL 13 and 14 as offered past theirs. The simulator serves it as of a dat
 from __future__ import annotations
 
 import copy
+import functools
 from datetime import UTC, date, datetime
 from importlib.resources import files
 from typing import Any, Final
@@ -68,8 +69,17 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def options_as_of(today: date, document: dict[str, Any] | None = None) -> DatabaseOptions:
     """The options (default: the snapshot's) as DigitalOcean could serve them on ``today``
-    (see the module docstring for the rules), typed."""
+    (see the module docstring for the rules), typed. The snapshot's are worked out once a
+    day: every create checks against them, and ageing the document copies all of it. Read
+    them, never change them."""
+    if document is None:
+        return _snapshot_as_of(today)
     return msgspec.convert(document_as_of(today, document), DatabaseOptions)
+
+
+@functools.lru_cache(maxsize=4)
+def _snapshot_as_of(today: date) -> DatabaseOptions:
+    return msgspec.convert(document_as_of(today), DatabaseOptions)
 
 
 def document_as_of(today: date, document: dict[str, Any] | None = None) -> dict[str, Any]:
