@@ -126,9 +126,11 @@ def _bare_event(path: Path) -> tuple[str, bytes]:
     return changed.routing_key, encode_event(changed)
 
 
-async def bare_loop(path: Path, amqp_url: str, api_url: str, prefetch: int, count: int) -> None:
-    """Consume ``count`` commands: [POST], publish what the design publishes for one command
-    (two messages, each with a confirm), ack."""
+async def bare_loop(
+    path: Path, amqp_url: str, api_url: str, token: str, prefetch: int, count: int
+) -> None:
+    """Consume ``count`` commands: [POST, which must create the cluster], publish what the
+    design publishes for one command (two messages, each with a confirm), ack."""
     topology = Topology(poll_interval_s=POLL_INTERVAL_S)
     routing_key, body = _bare_event(path)
     # Where the second message of a command goes: the parked copy, or the watch.
@@ -142,7 +144,7 @@ async def bare_loop(path: Path, amqp_url: str, api_url: str, prefetch: int, coun
     await consume.set_qos(prefetch_count=prefetch)
     declared = topology.queue(topology.requests_queue)
     queue = await consume.declare_queue(declared.name, durable=True, arguments=declared.arguments)
-    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
     done = asyncio.Event()
     handled = 0
     tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +155,8 @@ async def bare_loop(path: Path, amqp_url: str, api_url: str, prefetch: int, coun
             create = json.dumps(json.loads(message.body)["cluster"]).encode()
             async with session.post(f"{api_url}/v2/databases", data=create) as reply:
                 await reply.read()
+                if reply.status != 201:  # a refused POST costs the simulator next to nothing
+                    raise RuntimeError(f"the bare loop's create was answered {reply.status}")
         copy = aio_pika.Message(message.body, delivery_mode=DeliveryMode.PERSISTENT)
         await publish.default_exchange.publish(copy, second, mandatory=True, timeout=30)
         event = aio_pika.Message(
@@ -296,7 +300,13 @@ async def _run_bare_loop(
         str(size.commands),
         "--prefetch",
         str(size.prefetch),
-        env={**os.environ, "BENCH_AMQP_URL": amqp_url, "BENCH_API_URL": api_url},
+        # The token of this process: the child's own import of the harness makes another.
+        env={
+            **os.environ,
+            "BENCH_AMQP_URL": amqp_url,
+            "BENCH_API_URL": api_url,
+            "BENCH_API_TOKEN": BENCH_TOKEN,
+        },
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -387,6 +397,7 @@ def main() -> int:
                 args.bare_loop,
                 os.environ["BENCH_AMQP_URL"],
                 os.environ["BENCH_API_URL"],
+                os.environ["BENCH_API_TOKEN"],
                 args.prefetch,
                 args.count,
             )
