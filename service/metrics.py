@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from contracts.events import FailureReason
 from service.provisioning.outcomes import CommandResult, WatchResult
 from service.provisioning.ports import ParkReason
 
@@ -79,14 +80,12 @@ DeadLetterReason = Literal["rejected", "delivery_limit"]
 ReplyOutcome = Literal["sent", "refused", "failed"]
 """What became of a copy to ``reply_to``: the label values of
 ``provisioner_reply_copies_total``."""
-FailureReason = Literal["timeout", "api_error", "retries_exhausted", "finishing"]
-"""Why a request failed: the label values of ``provisioner_requests_failed_total`` (as the
-``failed`` event's ``data.reason``)."""
 
 _COMMAND_OUTCOMES: Final[tuple[str, ...]] = get_args(CommandResult)
 _CONSUMERS: Final[tuple[str, ...]] = get_args(Consumer)
 _PARK_REASONS: Final[tuple[str, ...]] = get_args(ParkReason)
 _WATCH_STEPS: Final[tuple[str, ...]] = get_args(WatchResult)
+# The label values of provisioner_requests_failed_total: the failed event's data.reason.
 _FAILURE_REASONS: Final[tuple[str, ...]] = get_args(FailureReason)
 _REPLY_OUTCOMES: Final[tuple[str, ...]] = get_args(ReplyOutcome)
 

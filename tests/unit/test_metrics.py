@@ -10,10 +10,12 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import get_args
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from contracts.events import FailureReason
 from service.metrics import OVERFLOW_LABEL, ProvisionerMetrics
 
 # --- a parser of the text format ----------------------------------------------------------
@@ -266,6 +268,14 @@ def test_watch_steps_and_failures_by_reason_are_counted() -> None:
     assert metrics.value("provisioner_watch_steps_total", outcome="waiting") == 2
     assert metrics.value("provisioner_watch_steps_total", outcome="ready") == 0
     assert metrics.value("provisioner_requests_failed_total", reason="timeout") == 1
+    assert metrics.value("provisioner_requests_failed_total", reason=OVERFLOW_LABEL) == 1
+    # Every reason a failed event can carry has a series of its own (none folds into the
+    # overflow series).
+    for reason in get_args(FailureReason):
+        metrics.count_failed(reason)
+        assert metrics.value("provisioner_requests_failed_total", reason=reason) == (
+            2 if reason == "timeout" else 1
+        )
     assert metrics.value("provisioner_requests_failed_total", reason=OVERFLOW_LABEL) == 1
 
 
