@@ -15,7 +15,7 @@ from typing import Any, Final
 from msgspec import Struct
 
 from contracts.events import event_id
-from tests.integration.service_harness import ENGINE_SAMPLES
+from tests.fixtures.engines import ENGINE_SAMPLES
 
 __all__ = ["BAD_KINDS", "ENGINES", "PlannedRequest", "build_plan"]
 

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from contracts.digitalocean import DatabaseClusterCreate, DatabaseUserCreate, FirewallRuleCreate
 from contracts.rules import READ_ONLY_FIELDS
+from tests.fixtures.engines import ENGINE_SAMPLES
 from tests.hostile.corpus import Hostile, child_path, dumps, valid_command
-from tests.integration.service_harness import ENGINE_SAMPLES
 
 __all__ = ["broken_commands", "collect", "generated", "random_bytes", "random_json"]
 

@@ -19,72 +19,7 @@ from service.app import Service
 from service.config import Settings
 from service.simulator import Simulator
 from tests.fixtures.broker import user_of
-
-ENGINE_SAMPLES: dict[str, dict[str, Any]] = {
-    "pg": {
-        "version": "17",
-        "size": "db-s-1vcpu-2gb",
-        "num_nodes": 2,
-        "users": [{"name": "app"}, {"name": "repl", "settings": {"pg_allow_replication": True}}],
-        "db_names": ["orders", "audit"],
-    },
-    "mysql": {
-        "version": "8",
-        "size": "db-s-1vcpu-1gb",
-        "num_nodes": 1,
-        "users": [{"name": "app", "mysql_settings": {"auth_plugin": "mysql_native_password"}}],
-        "db_names": ["shop"],
-    },
-    "valkey": {"size": "db-s-1vcpu-1gb", "num_nodes": 1},
-    "mongodb": {
-        "version": "7.0",
-        "size": "db-s-1vcpu-1gb",
-        "num_nodes": 3,
-        "users": [
-            {
-                "name": "reader",
-                "settings": {"mongo_user_settings": {"databases": ["catalog"], "role": "readOnly"}},
-            }
-        ],
-        "db_names": ["catalog"],
-    },
-    "kafka": {
-        # The only version the options offer, named as a new user would: the spec's snapshot
-        # ends its availability in 2025, yet it is what DigitalOcean offers (docs/reliability.md).
-        "version": "3.8",
-        "size": "db-s-2vcpu-2gb",
-        "num_nodes": 3,
-        "users": [
-            {"name": "ingest", "settings": {"acl": [{"topic": "orders", "permission": "produce"}]}}
-        ],
-    },
-    "opensearch": {
-        "version": "2",
-        "size": "db-s-1vcpu-2gb",
-        "num_nodes": 1,
-        "users": [
-            {
-                "name": "search",
-                "settings": {"opensearch_acl": [{"index": "logs-*", "permission": "read"}]},
-            }
-        ],
-    },
-    "advanced_pg": {
-        "version": "18",
-        "size": "gd-2vcpu-8gb",
-        "num_nodes": 3,
-        "users": [{"name": "app"}],
-        "db_names": ["ledger"],
-    },
-    "advanced_mysql": {
-        "version": "8.4.8",
-        "size": "gd-2vcpu-8gb",
-        "num_nodes": 1,
-        "users": [{"name": "app"}],
-        "db_names": ["ledger"],
-    },
-}
-
+from tests.fixtures.engines import ENGINE_SAMPLES
 
 AS_CONNECTED: Final = "\x00as-connected"
 """``publish``'s default ``user_id``: the user of the connection it publishes on."""

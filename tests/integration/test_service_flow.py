@@ -19,9 +19,9 @@ from service.digitalocean import DigitalOceanClient
 from service.provisioning.commands import owner_tag, request_tag, spec_tag
 from service.simulator import Simulator, SimulatorConfig
 from tests.fixtures.broker import EventRecorder
+from tests.fixtures.engines import ENGINE_SAMPLES
 from tests.fixtures.simulator import SimulatorFactory
 from tests.integration.service_harness import (
-    ENGINE_SAMPLES,
     all_final,
     command,
     final,
