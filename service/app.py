@@ -309,7 +309,7 @@ class Service:
         self._channels = [publish_channel, command_channel, watch_channel]
         own = self.topology
         self._still_current(connection)
-        self._replies = ReplyCopies(
+        replies = ReplyCopies(
             addresses,
             order="listed",
             timeout_s=s.publish_timeout_s,
@@ -318,14 +318,21 @@ class Service:
             observer=self.metrics.count_reply_copy,
             on_retry=self.metrics.count_reply_copy_retry,
         )
-        await self._replies.start()
-        self._still_current(connection)
+        try:
+            await replies.start()
+            self._still_current(connection)
+        except BaseException:
+            # Given up while its connection opened (the discard of this setup may have run
+            # meanwhile, and a newer setup may own self._replies): it closes its own.
+            await asyncio.shield(replies.close())
+            raise
+        self._replies = replies
         publisher = RabbitPublisher(
             publish_channel,
             self.topology,
             user_id=s.amqp_user,
             timeout_s=s.publish_timeout_s,
-            replies=self._replies,
+            replies=replies,
             observer=self.metrics.observe_event_published,
             on_headers_dropped=self.metrics.count_headers_dropped,
             on_failed=self.metrics.count_failed,
