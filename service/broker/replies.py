@@ -35,7 +35,7 @@ import binascii
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final
 
 import aio_pika
@@ -132,6 +132,7 @@ class ReplyCopies:
         observer: Callable[[ReplyOutcome], None] | None = None,
         on_retry: Callable[[], None] | None = None,
         attempts: int = COPY_ATTEMPTS,
+        pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._urls = split_urls(urls) if isinstance(urls, str) else list(urls)
         self._order: UrlOrder = order
@@ -151,6 +152,7 @@ class ReplyCopies:
         self._refuse = frozenset(refuse)
         self._refuse_prefixes = refuse_prefixes
         self._clock = clock
+        self._pause = pause  # the wait after a refusal (a test hands in its own)
         self._observer = observer
         self._connection: ClusterConnection | None = None
         self._channel: AbstractChannel | None = None  # strong reference: a robust channel
@@ -296,7 +298,7 @@ class ReplyCopies:
                     # A refusal comes back at once; a queue between two leaders refuses for
                     # about a second, so the next send waits (all within the budget).
                     pause = COPY_RETRY_PAUSE_S * 2 ** (attempt - 1)
-                    await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+                    await self._pause(max(0.0, min(pause, deadline - loop.time())))
                 continue
             return "sent"
         raise AssertionError("unreachable")

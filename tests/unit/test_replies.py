@@ -128,20 +128,17 @@ class _NackedAtFirst(_Unconfirmed):
             raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=self.publishes))
 
 
-async def test_a_copy_refused_at_once_is_sent_again_after_a_pause_not_in_a_burst(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_copy_refused_at_once_is_sent_again_after_a_pause_not_in_a_burst() -> None:
     """Four sends within a few milliseconds would all meet the same leader election: the
     sends after a refusal wait, so the copy outlasts a refusal of that length."""
-    copies = ReplyCopies(["amqp://a/"], timeout_s=10.0, order="listed")
-    channel = _NackedAtFirst(refusals=3)
-    copies._channel = cast(AbstractChannel, channel)
     pauses: list[float] = []
 
     async def pause(seconds: float) -> None:
         pauses.append(seconds)
 
-    monkeypatch.setattr("service.broker.replies.asyncio.sleep", pause)
+    copies = ReplyCopies(["amqp://a/"], timeout_s=10.0, order="listed", pause=pause)
+    channel = _NackedAtFirst(refusals=3)
+    copies._channel = cast(AbstractChannel, channel)
     outcome = await copies.send(aio_pika.Message(b"{}"), "replies-of-p")
     assert outcome == "sent"
     assert channel.publishes == 4
