@@ -170,13 +170,24 @@ async def bare_loop(
         if handled >= count:
             done.set()
 
+    failures: list[BaseException] = []
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            failures.append(error)
+            done.set()  # a failed command fails the run at once, not after the timeout
+
     async def on_message(message: AbstractIncomingMessage) -> None:
         task = asyncio.ensure_future(handle(message))
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(finished)
 
     await queue.consume(on_message)
     await asyncio.wait_for(done.wait(), timeout=600)
+    if failures:
+        raise failures[0]
     await session.close()
     await connection.close()
 

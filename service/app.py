@@ -306,9 +306,10 @@ class Service:
         publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         command_channel = await connection.channel()
         watch_channel = await connection.channel()
-        self._channels = [publish_channel, command_channel, watch_channel]
         own = self.topology
         self._still_current(connection)
+        # Only now: a setup given up must not replace a newer one's strong references.
+        self._channels = [publish_channel, command_channel, watch_channel]
         replies = ReplyCopies(
             addresses,
             order="listed",

@@ -301,6 +301,13 @@ class _Consumer:
     def _untrack(self, task: asyncio.Task[Any]) -> None:
         self._tasks.pop(task, None)
 
+    def _worked(self) -> None:
+        """The running handler is done with the work: what is left is settling its messages
+        (whose acks may be out already) and counting, which a lost channel must not cut."""
+        task = asyncio.current_task()
+        if task is not None and task in self._tasks:
+            self._tasks[task] = ()
+
     def _on_channel_closed(self, _channel: object, _exc: BaseException | None = None) -> None:
         """Cancel the handlers of messages whose channel is gone (see the class doc)."""
         stopped = [
@@ -374,6 +381,7 @@ class CommandConsumer(_Consumer):
             if delivery.unreadable:
                 self._undecodable()
             outcome = await self._handler.handle(delivery)
+            self._worked()
         except asyncio.CancelledError:
             await asyncio.shield(self._return(message, "requeue"))
             raise
@@ -502,6 +510,7 @@ class WatchConsumer(_Consumer):
     ) -> None:
         try:
             outcomes = await self._handler.handle_batch([w for _, w in batch], due=_due(batch))
+            self._worked()
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.gather(*(self._return(m, "requeue") for m, _ in batch)))
             raise

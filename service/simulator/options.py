@@ -73,13 +73,17 @@ def options_as_of(today: date, document: dict[str, Any] | None = None) -> Databa
     day: every create checks against them, and ageing the document copies all of it. Read
     them, never change them."""
     if document is None:
-        return _snapshot_as_of(today)
+        # Decoded afresh from the day's bytes: a caller may change what it gets.
+        return _options_decoder.decode(_snapshot_as_of(today))
     return msgspec.convert(document_as_of(today, document), DatabaseOptions)
 
 
+_options_decoder: Final = msgspec.msgpack.Decoder(DatabaseOptions)
+
+
 @functools.lru_cache(maxsize=4)
-def _snapshot_as_of(today: date) -> DatabaseOptions:
-    return msgspec.convert(document_as_of(today), DatabaseOptions)
+def _snapshot_as_of(today: date) -> bytes:
+    return msgspec.msgpack.encode(document_as_of(today))
 
 
 def document_as_of(today: date, document: dict[str, Any] | None = None) -> dict[str, Any]:

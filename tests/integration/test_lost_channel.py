@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from typing import cast
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractRobustConnection
 
 from service.broker.consumer import CommandConsumer, WatchConsumer
 from service.broker.topology import Topology
@@ -42,12 +42,15 @@ class GatedWork:
         self.started: list[bool] = []  # redelivered flag of each run, in order
         self.past_gate: list[bool] = []
         self.cancelled: list[bool] = []
-        self.first_started = asyncio.Event()
-        self.second_started = asyncio.Event()
+        self._runs: defaultdict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def runs(self, count: int) -> None:
+        """Until ``count`` runs have started."""
+        await self._runs[count].wait()
 
     async def run(self, redelivered: bool) -> None:
         self.started.append(redelivered)
-        (self.second_started if len(self.started) > 1 else self.first_started).set()
+        self._runs[len(self.started)].set()
         try:
             if not redelivered:  # the first delivery waits; its redelivered copy goes on
                 await self.gate.wait()
@@ -82,10 +85,11 @@ class GatedWatches:
         return [WatchOutcome("ready") for _ in watches]
 
 
-async def _publish(amqp: AbstractRobustConnection, queue: str, body: bytes) -> None:
-    channel = await amqp.channel(publisher_confirms=True)
-    await channel.default_exchange.publish(aio_pika.Message(body, user_id="guest"), queue)
-    await channel.close()
+async def _publish(amqp_url: str, queue: str, body: bytes) -> None:
+    """One message, on a connection of its own: the cuts close the test's connections too."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(aio_pika.Message(body, user_id="guest"), queue)
 
 
 async def _empty(vhost: str, queue: str) -> None:
@@ -98,20 +102,17 @@ async def _empty(vhost: str, queue: str) -> None:
     raise AssertionError(f"{queue} still holds {depth}")
 
 
-async def _cut_and_settle(vhost: str, work: GatedWork) -> float:
-    """Cut every connection of ``vhost``; wait for the redelivered copy to be worked on,
-    then open the gate. Returns how long the redelivery took."""
-    await asyncio.wait_for(work.first_started.wait(), 10)
-    cut_at = time.monotonic()
+async def _cut_and_settle(vhost: str, work: GatedWork, cut: int = 1) -> None:
+    """Cut every connection of ``vhost`` while the message of this round waits at the gate;
+    wait for its redelivered copy to be worked on, then open the gate."""
+    await asyncio.wait_for(work.runs(2 * cut - 1), 10)
     await close_all_connections(vhost, "cut by test")
-    await asyncio.wait_for(work.second_started.wait(), 30)
-    took = time.monotonic() - cut_at
+    await asyncio.wait_for(work.runs(2 * cut), 30)
     work.gate.set()  # a handler still waiting here would now go on: it must not be there
-    return took
 
 
 async def test_a_command_handler_whose_connection_is_cut_stops_and_its_copy_is_handled(
-    vhost: str, amqp_url: str, amqp: AbstractRobustConnection
+    vhost: str, amqp_url: str
 ) -> None:
     work = GatedWork()
     metrics = ProvisionerMetrics()
@@ -123,7 +124,7 @@ async def test_a_command_handler_whose_connection_is_cut_stops_and_its_copy_is_h
             channel, queue, 4, cast(CommandHandler, GatedCommands(work)), metrics=metrics
         )
         await consumer.start()
-        await _publish(amqp, queue.name, b"{}")
+        await _publish(amqp_url, queue.name, b"{}")
         await _cut_and_settle(vhost, work)
         await _empty(vhost, queue.name)
     finally:
@@ -138,7 +139,7 @@ async def test_a_command_handler_whose_connection_is_cut_stops_and_its_copy_is_h
 
 
 async def test_a_watch_batch_whose_connection_is_cut_stops_and_its_copy_is_handled(
-    vhost: str, amqp_url: str, amqp: AbstractRobustConnection
+    vhost: str, amqp_url: str
 ) -> None:
     work = GatedWork()
     handler = GatedWatches(work)
@@ -158,8 +159,8 @@ async def test_a_watch_batch_whose_connection_is_cut_stops_and_its_copy_is_handl
         await consumer.start()
         now = time.time()
         watch = creating_watch(1, deadline=now + 600, accepted_at=now)
-        await _publish(amqp, queue.name, encode_watch(watch))
-        await asyncio.wait_for(work.first_started.wait(), 10)
+        await _publish(amqp_url, queue.name, encode_watch(watch))
+        await asyncio.wait_for(work.runs(1), 10)
         handler.redelivered = True  # what arrives from now on is the broker's copy
         await _cut_and_settle(vhost, work)
         await _empty(vhost, queue.name)
@@ -168,3 +169,32 @@ async def test_a_watch_batch_whose_connection_is_cut_stops_and_its_copy_is_handl
     assert work.started == [False, True]
     assert work.cancelled == [False], "the first batch was not stopped when its channel died"
     assert work.past_gate == [True], "only the redelivered copy may do the work"
+
+
+async def test_after_a_reconnect_a_second_cut_stops_handlers_too(vhost: str, amqp_url: str) -> None:
+    """The robust channel is reopened after the first cut; its handlers are watched as
+    closely as the first channel's."""
+    work = GatedWork()
+    metrics = ProvisionerMetrics()
+    service = await aio_pika.connect_robust(amqp_url, reconnect_interval=0.2)
+    try:
+        channel = await service.channel()
+        queue = TOPOLOGY.queue(TOPOLOGY.requests_queue)
+        consumer = CommandConsumer(
+            channel, queue, 4, cast(CommandHandler, GatedCommands(work)), metrics=metrics
+        )
+        await consumer.start()
+        for cut in (1, 2):
+            work.gate = asyncio.Event()
+            await _publish(amqp_url, queue.name, b"{}")
+            await _cut_and_settle(vhost, work, cut)
+            await _empty(vhost, queue.name)
+    finally:
+        await service.close()
+    assert work.started == [False, True, False, True]
+    assert work.cancelled == [False, False], "a handler outlived the loss of its channel"
+    assert work.past_gate == [True, True]
+    stopped = metrics.registry.get_sample_value(
+        "provisioner_handlers_stopped_total", {"consumer": "commands"}
+    )
+    assert stopped == 2
