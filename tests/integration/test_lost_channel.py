@@ -111,9 +111,12 @@ async def _cut_and_settle(vhost: str, work: GatedWork, cut: int = 1) -> None:
     work.gate.set()  # a handler still waiting here would now go on: it must not be there
 
 
+@pytest.mark.parametrize("cuts", [1, 2], ids=["one cut", "a second cut after the reconnect"])
 async def test_a_command_handler_whose_connection_is_cut_stops_and_its_copy_is_handled(
-    vhost: str, amqp_url: str
+    vhost: str, amqp_url: str, cuts: int
 ) -> None:
+    """After the first cut the robust channel is reopened; its handlers are watched as
+    closely as the first channel's."""
     work = GatedWork()
     metrics = ProvisionerMetrics()
     service = await aio_pika.connect_robust(amqp_url, reconnect_interval=0.2)
@@ -124,18 +127,20 @@ async def test_a_command_handler_whose_connection_is_cut_stops_and_its_copy_is_h
             channel, queue, 4, cast(CommandHandler, GatedCommands(work)), metrics=metrics
         )
         await consumer.start()
-        await _publish(amqp_url, queue.name, b"{}")
-        await _cut_and_settle(vhost, work)
-        await _empty(vhost, queue.name)
+        for cut in range(1, cuts + 1):
+            work.gate = asyncio.Event()
+            await _publish(amqp_url, queue.name, b"{}")
+            await _cut_and_settle(vhost, work, cut)
+            await _empty(vhost, queue.name)
     finally:
         await service.close()
-    assert work.started == [False, True]
-    assert work.cancelled == [False], "the first handler was not stopped when its channel died"
-    assert work.past_gate == [True], "only the redelivered copy may do the work"
+    assert work.started == [False, True] * cuts
+    assert work.cancelled == [False] * cuts, "a handler outlived the loss of its channel"
+    assert work.past_gate == [True] * cuts, "only the redelivered copy may do the work"
     stopped = metrics.registry.get_sample_value(
         "provisioner_handlers_stopped_total", {"consumer": "commands"}
     )
-    assert stopped == 1
+    assert stopped == cuts
 
 
 async def test_a_watch_batch_whose_connection_is_cut_stops_and_its_copy_is_handled(
@@ -169,32 +174,3 @@ async def test_a_watch_batch_whose_connection_is_cut_stops_and_its_copy_is_handl
     assert work.started == [False, True]
     assert work.cancelled == [False], "the first batch was not stopped when its channel died"
     assert work.past_gate == [True], "only the redelivered copy may do the work"
-
-
-async def test_after_a_reconnect_a_second_cut_stops_handlers_too(vhost: str, amqp_url: str) -> None:
-    """The robust channel is reopened after the first cut; its handlers are watched as
-    closely as the first channel's."""
-    work = GatedWork()
-    metrics = ProvisionerMetrics()
-    service = await aio_pika.connect_robust(amqp_url, reconnect_interval=0.2)
-    try:
-        channel = await service.channel()
-        queue = TOPOLOGY.queue(TOPOLOGY.requests_queue)
-        consumer = CommandConsumer(
-            channel, queue, 4, cast(CommandHandler, GatedCommands(work)), metrics=metrics
-        )
-        await consumer.start()
-        for cut in (1, 2):
-            work.gate = asyncio.Event()
-            await _publish(amqp_url, queue.name, b"{}")
-            await _cut_and_settle(vhost, work, cut)
-            await _empty(vhost, queue.name)
-    finally:
-        await service.close()
-    assert work.started == [False, True, False, True]
-    assert work.cancelled == [False, False], "a handler outlived the loss of its channel"
-    assert work.past_gate == [True, True]
-    stopped = metrics.registry.get_sample_value(
-        "provisioner_handlers_stopped_total", {"consumer": "commands"}
-    )
-    assert stopped == 2
