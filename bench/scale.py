@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -197,9 +197,7 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
     cluster = RabbitCluster(root / "cluster")
     rates: dict[str, list[float]] = {
         "one node, 1": [],
-        "cluster, 1": [],
-        "cluster, 2": [],
-        "cluster, 3": [],
+        **{_cpu_bound(count): [] for count in (1, 2, 3)},
         **{_api_bound(count): [] for count in (1, 2, 3)},
     }
     polls: dict[int, float] = {}
@@ -216,7 +214,7 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
                         rates["one node, 1"].append(await throughput([single], size, f"{n}s"))
                     continue
                 for latency_s, key in (
-                    (0.0, f"cluster, {count}"),
+                    (0.0, _cpu_bound(count)),
                     (API_LATENCY_S, _api_bound(count)),
                 ):
                     vhost = f"scale-{n}-{count}-{'api' if latency_s else 'cpu'}"
@@ -246,22 +244,16 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
         ("replicas", "list calls per interval", "vs one replica"),
         [(count, calls, calls / max(polls[1], 1e-9)) for count, calls in polls.items()],
     )
-    steps = [
-        median["cluster, 2"] / median["cluster, 1"],
-        median["cluster, 3"] / median["cluster, 2"],
-    ]
-    api_steps = [
-        median[_api_bound(2)] / median[_api_bound(1)],
-        median[_api_bound(3)] / median[_api_bound(2)],
-    ]
+    steps = _steps(median, _cpu_bound)
+    api_steps = _steps(median, _api_bound)
     poll_ratio = polls[3] / max(polls[1], 1e-9)
     return {
         "benchmark": "scale",
         "size": label,
         "one_node_1_replica_per_s": round(median["one node, 1"], 1),
-        "cluster_1_replica_per_s": round(median["cluster, 1"], 1),
-        "cluster_2_replicas_per_s": round(median["cluster, 2"], 1),
-        "cluster_3_replicas_per_s": round(median["cluster, 3"], 1),
+        "cluster_1_replica_per_s": round(median[_cpu_bound(1)], 1),
+        "cluster_2_replicas_per_s": round(median[_cpu_bound(2)], 1),
+        "cluster_3_replicas_per_s": round(median[_cpu_bound(3)], 1),
         "step_ratios": [round(s, 3) for s in steps],
         "api_latency_s": API_LATENCY_S,
         "api_bound_1_replica_per_s": round(median[_api_bound(1)], 1),
@@ -274,6 +266,16 @@ async def benchmark(size: Size, label: str) -> dict[str, object]:
         "cpu_bound_steps_met": all(s >= STEP_FLOOR for s in steps),
         "goal_met": all(s >= STEP_FLOOR for s in api_steps) and poll_ratio <= POLL_GOAL,
     }
+
+
+def _steps(median: dict[str, float], row: Callable[[int], str]) -> list[float]:
+    """Each added replica's throughput over the one before, for the rows ``row`` names."""
+    return [median[row(count + 1)] / median[row(count)] for count in (1, 2)]
+
+
+def _cpu_bound(count: int) -> str:
+    """The table's name of the runs of ``count`` replicas against a simulator answering at once."""
+    return f"cluster, {count}"
 
 
 def _base(key: str) -> str:
