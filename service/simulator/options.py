@@ -70,10 +70,10 @@ def _version_key(version: str) -> tuple[int, ...]:
 def options_as_of(today: date, document: dict[str, Any] | None = None) -> DatabaseOptions:
     """The options (default: the snapshot's) as DigitalOcean could serve them on ``today``
     (see the module docstring for the rules), typed. The snapshot's are worked out once a
-    day: every create checks against them, and ageing the document copies all of it. Read
-    them, never change them."""
+    day (every create checks against them, and ageing the document copies all of it); each
+    call decodes its own copy."""
     if document is None:
-        # Decoded afresh from the day's bytes: a caller may change what it gets.
+        # Decoded afresh from the day's bytes, so a caller may change what it gets.
         return _options_decoder.decode(_snapshot_as_of(today))
     return msgspec.convert(document_as_of(today, document), DatabaseOptions)
 

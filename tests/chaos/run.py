@@ -63,6 +63,8 @@ from tests.fixtures import rabbitmqctl
 from tests.fixtures.rabbitmq_node import NodeError
 from tests.fixtures.replicas import Replica, ReplicaError
 
+__all__ = ["ChaosRun", "Schedule", "main", "schedule_for"]
+
 _STOPPED_COUNT: Final = re.compile(rb'"handlers": ?(\d+)|handlers=(\d+)')
 
 
@@ -76,8 +78,6 @@ def _handlers_stopped(log: bytes) -> int:
                 total += int(match.group(1) or match.group(2))
     return total
 
-
-__all__ = ["ChaosRun", "Schedule", "main", "schedule_for"]
 
 BROKER_HOST: Final = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
 BROKER_PORT: Final = int(os.environ.get("RABBITMQ_PORT", "5672"))
